@@ -1,0 +1,346 @@
+"""The durable hash store: SQLite metadata (source of truth) + an exact Hamming search backend.
+
+Usage::
+
+    with HashStore(Path("data")) as store:
+        ids = store.add([{"modality": "image", "name": "chair_01.png", "label": "chair",
+                          "codes": {16: c16, 32: c32, 64: c64}}])
+        dist, found = store.search("points", query_codes, bits=64, k=10)
+
+Guarantees:
+
+* ``add`` / ``upsert`` / ``delete`` are durable when they return (one SQLite transaction each;
+  a batch ``add`` is one transaction). The search backend is updated right after the commit.
+* Search is exact; rows are ordered by ``(distance, id)`` ascending and padded with id ``-1`` and
+  distance ``-1`` (see :mod:`index.exact`).
+* Thread-safe: searches run concurrently; mutations are exclusive.
+* Only one store may open a data directory at a time (:class:`~index.errors.StoreLockedError`).
+* A damaged SQLite database raises :class:`~index.errors.StoreCorruptError` on open; damaged, stale
+  or missing FAISS snapshots are rebuilt from SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+
+from index.codes import BITS_CHOICES, as_codes, check_bits
+from index.errors import StoreClosedError
+from index.exact import check_k
+from index.flat import DEFAULT_TIE_MARGIN
+from index.locking import RWLock
+from index.metadata import MetadataDB
+from index.persistence import DirLock
+from index.records import ItemRecord, check_modality, normalize_item
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("faiss", "milvus")
+DB_FILENAME = "items.sqlite3"
+DEFAULT_SNAPSHOT_EVERY = 10_000
+
+
+class VectorBackend(Protocol):
+    """What :class:`HashStore` needs from a search backend (FAISS or Milvus)."""
+
+    name: str
+
+    def open(self, meta: MetadataDB) -> None:
+        """Bring the backend in line with SQLite (load or rebuild)."""
+
+    def add(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Index new items."""
+
+    def remove(self, modality: str, bits: int, ids: np.ndarray) -> None:
+        """Drop items."""
+
+    def search(self, modality: str, bits: int, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search, order of :mod:`index.exact`."""
+
+    def count(self, modality: str, bits: int) -> int:
+        """Number of indexed items."""
+
+    def rebuild(self, meta: MetadataDB, modality: str, bits: int) -> None:
+        """Re-create one (modality, bits) index from SQLite."""
+
+    def snapshot(self, meta: MetadataDB) -> int:
+        """Persist pending state; returns how many indexes were written."""
+
+    def close(self, meta: MetadataDB) -> None:
+        """Persist and release resources."""
+
+
+def _make_backend(backend: str, data_dir: Path, device: str, tie_margin: int, milvus_uri: str | None):
+    if backend == "faiss":
+        from index.faiss_store import FaissBackend
+        from index.gpu import make_accelerator
+
+        return FaissBackend(data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin)
+    if backend == "milvus":
+        from index.milvus_store import MilvusBackend
+
+        return MilvusBackend(data_dir, uri=milvus_uri, tie_margin=tie_margin)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+class HashStore:
+    """Items with binary hash codes, durable in SQLite, searchable by exact Hamming distance.
+
+    Args:
+        data_dir: directory of the store (created if missing): ``items.sqlite3`` + backend files.
+        backend: ``"faiss"`` (in-process, default) or ``"milvus"`` (``pymilvus``; see ``milvus_uri``).
+        device: FAISS backend only: ``"cpu"`` (default; never imports torch), ``"auto"`` (GPU when
+            available) or ``"cuda"`` (GPU required). See :mod:`index.gpu`.
+        snapshot_every: write FAISS snapshots after this many item changes (they are also written
+            by :meth:`snapshot` and :meth:`close`); ``0`` disables the automatic snapshots.
+        tie_margin: extra candidates per query used to resolve distance ties (see :mod:`index.exact`).
+        milvus_uri: Milvus backend only: server URI, or a local ``.db`` file for milvus-lite
+            (default ``<data_dir>/milvus.db``).
+        check_integrity: run ``PRAGMA quick_check`` on open (recommended; O(database size)).
+
+    Raises:
+        StoreCorruptError: the SQLite database is damaged or is not a CMAH index database.
+        StoreLockedError: the directory is opened by another store.
+        ValueError: unknown backend or device.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        backend: str = "faiss",
+        *,
+        device: str = "cpu",
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        tie_margin: int = DEFAULT_TIE_MARGIN,
+        milvus_uri: str | None = None,
+        check_integrity: bool = True,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot_every = int(snapshot_every)
+        self._rw = RWLock()
+        self._db_lock = threading.Lock()
+        self._changes_since_snapshot = 0
+        self._lock = DirLock(self.data_dir)
+        self._lock.acquire()
+        self._meta: MetadataDB | None = None
+        try:
+            self._meta = MetadataDB(self.data_dir / DB_FILENAME, check_integrity=check_integrity)
+            self._backend: VectorBackend = _make_backend(backend, self.data_dir, device, tie_margin, milvus_uri)
+            self._backend.open(self._meta)
+        except BaseException:
+            if self._meta is not None:
+                self._meta.close()
+            self._lock.release()
+            raise
+        self.backend_name = backend
+        logger.info("opened hash store %s (%s backend, %d items)", self.data_dir, backend, self._meta.count())
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._meta is None
+
+    def _require_open(self) -> MetadataDB:
+        if self._meta is None:
+            raise StoreClosedError(f"hash store {self.data_dir} is closed")
+        return self._meta
+
+    def close(self) -> None:
+        """Write pending snapshots, close SQLite and release the directory (idempotent)."""
+        with self._rw.write(), self._db_lock:
+            if self._meta is None:
+                return
+            try:
+                self._backend.close(self._meta)
+            finally:
+                self._meta.close()
+                self._meta = None
+                self._lock.release()
+
+    def __enter__(self) -> HashStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def snapshot(self) -> int:
+        """Write the backend's snapshots of every changed index now; returns how many were written."""
+        with self._rw.write(), self._db_lock:
+            meta = self._require_open()
+            self._changes_since_snapshot = 0
+            return self._backend.snapshot(meta)
+
+    flush = snapshot
+
+    # ------------------------------------------------------------------ mutations
+    def _index_items(self, ids: Sequence[int], records: Sequence[ItemRecord]) -> None:
+        """Add committed items to the backend (caller holds the write lock)."""
+        groups: dict[tuple[str, int], tuple[list[int], list[np.ndarray]]] = defaultdict(lambda: ([], []))
+        for item_id, rec in zip(ids, records, strict=True):
+            for bits, code in rec.codes.items():
+                gid, gcodes = groups[(rec.modality, bits)]
+                gid.append(item_id)
+                gcodes.append(code)
+        for (modality, bits), (gid, gcodes) in groups.items():
+            self._backend.add(modality, bits, np.asarray(gid, dtype=np.int64), np.stack(gcodes))
+
+    def _unindex_items(self, records: Iterable[ItemRecord]) -> None:
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for rec in records:
+            for bits in rec.codes:
+                groups[(rec.modality, bits)].append(int(rec.id))  # type: ignore[arg-type]
+        for (modality, bits), gid in groups.items():
+            self._backend.remove(modality, bits, np.asarray(gid, dtype=np.int64))
+
+    def _apply(self, meta: MetadataDB, keys: set[tuple[str, int]], fn: Any, *args: Any) -> None:
+        """Apply a committed change to the backend; on failure rebuild the touched indexes from SQLite."""
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("search backend update failed after commit; rebuilding %s from SQLite", sorted(keys))
+            for modality, bits in sorted(keys):
+                self._backend.rebuild(meta, modality, bits)
+            raise
+
+    def _after_change(self, meta: MetadataDB, n: int) -> None:
+        self._changes_since_snapshot += n
+        if self.snapshot_every and self._changes_since_snapshot >= self.snapshot_every:
+            self._changes_since_snapshot = 0
+            self._backend.snapshot(meta)
+
+    def add(self, items: Sequence[ItemRecord | Mapping[str, Any]]) -> list[int]:
+        """Add items (dicts or :class:`ItemRecord`) in one transaction; returns their new ids in order.
+
+        Each item needs ``modality``, ``name`` and ``codes`` (``{bits: uint8 [bits // 8]}``, at least
+        one length); ``label``, ``source``, ``preview`` and ``item_key`` are optional.
+
+        Raises:
+            ValueError: any invalid item (nothing is added then).
+        """
+        if isinstance(items, ItemRecord | Mapping):
+            raise ValueError("add() takes a list of items; wrap a single item in a list")
+        records = [normalize_item(it) for it in items]
+        if not records:
+            return []
+        keys = {(r.modality, b) for r in records for b in r.codes}
+        with self._rw.write(), self._db_lock:
+            meta = self._require_open()
+            ids = meta.insert(records)
+            self._apply(meta, keys, self._index_items, ids, records)
+            self._after_change(meta, len(ids))
+        return ids
+
+    def upsert(self, item_id: int, item: ItemRecord | Mapping[str, Any]) -> int:
+        """Replace item ``item_id`` (its ``created`` time is kept) or create it with that id.
+
+        Returns:
+            ``item_id``.
+        """
+        if isinstance(item_id, bool) or not isinstance(item_id, int | np.integer) or int(item_id) < 1:
+            raise ValueError(f"item id must be an integer >= 1, got {item_id!r}")
+        item_id = int(item_id)
+        rec = normalize_item(item)
+        with self._rw.write(), self._db_lock:
+            meta = self._require_open()
+            old = meta.upsert(item_id, rec)
+            keys = {(rec.modality, b) for b in rec.codes}
+            if old is not None:
+                keys |= {(old.modality, b) for b in old.codes}
+
+            def apply() -> None:
+                if old is not None:
+                    self._unindex_items([old])
+                self._index_items([item_id], [rec])
+
+            self._apply(meta, keys, apply)
+            self._after_change(meta, 1)
+        return item_id
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete items by id in one transaction; returns the ids that existed (unknown ids are ignored)."""
+        wanted = [int(i) for i in ids]
+        with self._rw.write(), self._db_lock:
+            meta = self._require_open()
+            removed = meta.delete(wanted)
+            if removed:
+                keys = {(r.modality, b) for r in removed for b in r.codes}
+                self._apply(meta, keys, self._unindex_items, removed)
+                self._after_change(meta, len(removed))
+        return [int(r.id) for r in removed]  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ reads
+    def get(self, item_id: int) -> ItemRecord | None:
+        """The item with this id, or ``None``."""
+        with self._db_lock:
+            return self._require_open().get(int(item_id))
+
+    def get_many(self, ids: Iterable[int]) -> list[ItemRecord | None]:
+        """Items for ``ids`` in order (``None`` for unknown ids and for the ``-1`` padding)."""
+        wanted = [int(i) for i in ids]
+        with self._db_lock:
+            meta = self._require_open()
+            return [meta.get(i) if i >= 0 else None for i in wanted]
+
+    def count(self, modality: str | None = None) -> int:
+        """Number of items in SQLite, optionally of one modality."""
+        if modality is not None:
+            check_modality(modality)
+        with self._db_lock:
+            return self._require_open().count(modality)
+
+    def index_count(self, modality: str, bits: int) -> int:
+        """Number of items in the search index of (modality, bits) (equals the SQLite count of items
+        of that modality having such a code)."""
+        check_modality(modality)
+        bits = check_bits(bits)
+        with self._rw.read():
+            self._require_open()
+            return self._backend.count(modality, bits)
+
+    def search(
+        self, modality: str, query_codes: np.ndarray, bits: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-nearest items of ``modality`` by Hamming distance.
+
+        Args:
+            modality: the modality searched (``"image"`` or ``"points"``); cross-modal retrieval
+                searches the other modality than the query's.
+            query_codes: ``uint8 [Q, bits // 8]`` (or one code ``[bits // 8]``).
+            bits: code length, one of :data:`~index.codes.BITS_CHOICES`.
+            k: results per query (>= 1).
+
+        Returns:
+            ``(distances int32 [Q, k], ids int64 [Q, k])`` sorted by ``(distance, id)`` ascending,
+            padded with ``-1`` / ``-1`` when fewer than ``k`` items exist.
+
+        Raises:
+            ValueError: unknown modality, unsupported bits, ``k < 1`` or malformed codes.
+        """
+        check_modality(modality)
+        bits = check_bits(bits)
+        k = check_k(k)
+        q = as_codes(query_codes, bits, name="query_codes")
+        with self._rw.read():
+            self._require_open()
+            return self._backend.search(modality, bits, q, k)
+
+    @property
+    def backend(self) -> VectorBackend:
+        """The search backend (diagnostics, benchmarks)."""
+        return self._backend
+
+
+__all__ = ["BACKENDS", "BITS_CHOICES", "HashStore", "VectorBackend"]

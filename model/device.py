@@ -1,0 +1,26 @@
+"""Device selection and CPU thread settings."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use ``n`` intra-op threads (default: CMAH_THREADS or all cores available to this process)."""
+    if n is None:
+        env = os.environ.get("CMAH_THREADS")
+        n = int(env) if env else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()

@@ -1,0 +1,135 @@
+"""The two encoders: an image ViT and a Point-MAE-style point transformer.
+
+Both expose the same two-step interface so the CMAH model can run them on all tokens (full view) or
+on a subset (masked view):
+
+* ``embed(x)`` -> tokens [B, T, D] with positional information added (no [CLS]);
+* ``forward_features(tokens, keep_idx=None)`` -> [B, 1 + t, D]: prepends [CLS], runs the transformer
+  on the kept tokens (all when ``keep_idx`` is None), final LayerNorm. Index 0 is the [CLS] output.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .config import ImageEncoderConfig, PointEncoderConfig
+from .masking import take_tokens
+from .pointops import group_points
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class TransformerTrunk(nn.Module):
+    """[CLS] + transformer blocks + final norm, shared by both encoders."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if keep_idx is not None:
+            tokens = take_tokens(tokens, keep_idx)                       # [B, t, D]
+        cls = (self.cls_token + self.cls_pos).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1)                              # [B, 1 + t, D]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+class ImageEncoder(nn.Module):
+    """ViT: 16x16 patches (by default), learned positional embeddings, [CLS]."""
+
+    def __init__(self, cfg: ImageEncoderConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.patch_embed = nn.Conv2d(3, cfg.dim, cfg.patch_size, cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.dim))
+        self.trunk = TransformerTrunk(cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        w = self.patch_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        self.trunk.apply(_init_weights)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] (normalised) -> patch tokens [B, P, D]."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        return x + self.pos_embed
+
+    def forward_features(self, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.trunk(tokens, keep_idx)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [CLS] features [B, D]."""
+        return self.forward_features(self.embed(images))[:, 0]
+
+
+class MiniPointNet(nn.Module):
+    """Point-MAE style token embedding of a group, made cheaper for CPU.
+
+    Shared MLP (3 -> c1 -> c2) per point, max-pool to a group feature, concat it back to every point,
+    one shared layer (2*c2 -> c3) per point, max-pool, then a linear map to the token width. The concat
+    is computed as ``W_f f + W_g g`` so the group term is evaluated once per group, not per point.
+    """
+
+    def __init__(self, dim: int, widths: tuple[int, int, int]):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.first = nn.Sequential(nn.Linear(3, c1), nn.LayerNorm(c1), nn.GELU(), nn.Linear(c1, c2))
+        self.point_proj = nn.Linear(c2, c3)
+        self.group_proj = nn.Linear(c2, c3, bias=False)
+        self.norm = nn.LayerNorm(c3)
+        self.act = nn.GELU()
+        self.out = nn.Linear(c3, dim)
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """groups [B, G, k, 3] -> tokens [B, G, D]."""
+        f = self.first(groups)                                           # [B, G, k, c2]
+        g = f.max(dim=2, keepdim=True).values                            # [B, G, 1, c2]
+        f = self.act(self.norm(self.point_proj(f) + self.group_proj(g)))  # [B, G, k, c3]
+        return self.out(f.max(dim=2).values)                             # [B, G, D]
+
+
+class PointEncoder(nn.Module):
+    """Point-MAE style: FPS centres, kNN groups, mini-PointNet tokens, centre positional MLP, [CLS]."""
+
+    def __init__(self, cfg: PointEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = MiniPointNet(cfg.dim, cfg.pointnet_widths)
+        self.pos_mlp = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, cfg.dim))
+        self.trunk = TransformerTrunk(cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.apply(_init_weights)
+
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [B, N, 3] -> groups [B, G, k, 3] (centred), centres [B, G, 3]."""
+        return group_points(points, self.cfg.num_groups, self.cfg.group_size)
+
+    def embed_groups(self, groups: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer(groups) + self.pos_mlp(centres)            # [B, G, D]
+
+    def embed(self, points: torch.Tensor) -> torch.Tensor:
+        return self.embed_groups(*self.group(points))
+
+    def forward_features(self, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.trunk(tokens, keep_idx)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """[B, N, 3] -> [CLS] features [B, D]."""
+        return self.forward_features(self.embed(points))[:, 0]

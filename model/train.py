@@ -1,0 +1,279 @@
+"""The CMAH trainer (``cmah train``).
+
+Unsupervised: each step takes a batch of training shapes (points only — labels are never read here),
+renders one image per shape online from a random view and appearance, augments the points, and
+minimises the CMAH objective. Resumable: a checkpoint (model, optimiser, schedule position, RNG
+states, history) is written every few minutes and at the end, so a long run can be a chain of short
+ones (``--resume``). At the end it exports the inference weights (fp16 safetensors + manifest), the
+train log JSON and a loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .augment import PointAugment
+from .cmah import CMAH
+from .config import CMAHConfig
+from .dataset import PointDataset, load_dataset, make_split
+from .device import pick_device
+from .renderer import RenderConfig, knn_geometry, random_view, render
+from .weights import save_weights
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.json"
+CURVE_FILE = "loss_curve.png"
+GEOMETRY_FILE = "geometry_cache.npz"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    #: "cosine" (default: warm-up then cosine to min_lr) or "step" (the paper: x0.1 every 20 epochs)
+    schedule: str = "cosine"
+    step_epochs: int = 20
+    seed: int = 0
+    n_train: int | None = None           # None: the whole retrieval set of the documented split
+    time_limit_min: float | None = None  # stop (with a checkpoint) after this much wall time
+    #: train for a fixed wall-clock budget: the cosine schedule runs over time instead of epochs and the
+    #: run ends when the budget is spent (resumed runs count the time already spent)
+    time_budget_min: float | None = None
+    max_steps: int | None = None         # stop after this many optimiser steps (tests, smoke runs)
+    checkpoint_every_min: float = 5.0
+    log_every: int = 10
+    grad_clip: float = 3.0
+    compile: bool = False                # torch.compile the model (GPU)
+    amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
+
+
+def render_config_for(cfg: CMAHConfig) -> RenderConfig:
+    """The renderer settings that produce this model's input images."""
+    return RenderConfig(image_size=cfg.image.image_size)
+
+
+def resample_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, P, 3] -> [B, n, 3]: random subset when P >= n, else all points plus random repeats."""
+    b, p, _ = points.shape
+    if p == n:
+        return points
+    if p > n:
+        idx = torch.rand(b, p, generator=generator).argsort(dim=1)[:, :n]
+    else:
+        extra = (torch.rand(b, n - p, generator=generator) * p).long()
+        idx = torch.cat([torch.arange(p).expand(b, p), extra], dim=1)
+    idx = idx.to(points.device)
+    return torch.gather(points, 1, idx[..., None].expand(b, n, 3))
+
+
+def shape_geometry(points: np.ndarray, k: int, batch: int = 64, desc: str = "normals") -> tuple[np.ndarray, np.ndarray]:
+    """Normals [N, P, 3] (fp16) and k-NN spacing [N, P] (fp16) of every shape, batched."""
+    normals = np.empty(points.shape, dtype=np.float16)
+    spacing = np.empty(points.shape[:2], dtype=np.float16)
+    for s in tqdm(range(0, len(points), batch), desc=desc, unit="batch", leave=False):
+        n, sp = knn_geometry(torch.from_numpy(points[s:s + batch]).float(), k)
+        normals[s:s + batch] = n.numpy()
+        spacing[s:s + batch] = sp.numpy()
+    return normals, spacing
+
+
+def lr_at(epoch: float, tc: TrainConfig, time_frac: float | None = None) -> float:
+    """Learning rate at a (fractional) epoch; ``time_frac`` (elapsed / budget) drives the cosine instead
+    of the epoch when training on a time budget."""
+    if epoch < tc.warmup_epochs:
+        return tc.lr * max(epoch / tc.warmup_epochs, 1e-3)
+    if time_frac is not None:
+        return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(time_frac, 1.0)))
+    if tc.schedule == "step":
+        return max(tc.lr * 0.1 ** int(epoch // tc.step_epochs), tc.min_lr)
+    if tc.schedule != "cosine":
+        raise ValueError(f"unknown schedule {tc.schedule!r}")
+    t = (epoch - tc.warmup_epochs) / max(tc.epochs - tc.warmup_epochs, 1e-9)
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, cfg: CMAHConfig, tc: TrainConfig, data: PointDataset | str | Path, out_dir: str | Path,
+                 device: str = "auto", resume: bool = False, show_progress: bool = True):
+        self.cfg, self.tc = cfg, tc
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(device)
+        self.data = data if isinstance(data, PointDataset) else load_dataset(data)
+        self.split = make_split(len(self.data), n_train=tc.n_train)
+        self.train_idx = self.split.train
+        self.show_progress = show_progress
+        torch.manual_seed(tc.seed)
+        self.model = CMAH(cfg).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                     betas=(0.9, 0.999))
+        self.augment = PointAugment()
+        self.render_cfg = render_config_for(cfg)
+        self.gen = torch.Generator().manual_seed(tc.seed)
+        self.step, self.epoch, self.history = 0, 0, []
+        self.elapsed_before = 0.0
+        ckpt = self.out / CHECKPOINT_FILE
+        if resume and ckpt.is_file():
+            self._load_checkpoint(ckpt)
+        elif resume:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
+        self.step_fn = self.model.forward_loss
+        if tc.compile:
+            self.step_fn = torch.compile(self.model.forward_loss)
+
+    # --- data -------------------------------------------------------------------------------------
+    def _geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-shape normals and spacing for rendering, cached next to the checkpoints."""
+        path = self.out / GEOMETRY_FILE
+        if path.is_file():
+            with np.load(path) as z:
+                if str(z["sha"]) == self.data.sha256 and z["normals"].shape == self.data.points.shape:
+                    return z["normals"], z["spacing"]
+        normals, spacing = shape_geometry(self.data.points, self.render_cfg.k)
+        np.savez(path, normals=normals, spacing=spacing, sha=np.array(self.data.sha256))
+        return normals, spacing
+
+    def batch(self, idx: np.ndarray, normals: np.ndarray, spacing: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training pair batch: rendered images [B, 3, H, W] and augmented points [B, N, 3]."""
+        pts = torch.from_numpy(self.data.points[idx]).float()
+        with torch.no_grad():
+            view = random_view(len(idx), self.gen)
+            images = render(pts.to(self.device), view, self.render_cfg,
+                            torch.from_numpy(normals[idx]).float().to(self.device),
+                            torch.from_numpy(spacing[idx]).float().to(self.device))
+            points = resample_points(self.augment(pts, self.gen), self.cfg.points.num_points, self.gen)
+        return images, points.to(self.device)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def _load_checkpoint(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if ck["model_config"] != self.cfg.to_dict():
+            raise ValueError(f"{path}: checkpoint was trained with a different model config; "
+                             "use the same --config/--ablation or a new --out directory")
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.step, self.epoch, self.history = ck["step"], ck["epoch"], ck["history"]
+        self.elapsed_before = ck.get("elapsed_s", 0.0)
+        self.gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def save_checkpoint(self, elapsed: float) -> None:
+        _atomic_torch_save({
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "model_config": self.cfg.to_dict(), "train_config": dataclasses.asdict(self.tc),
+            "step": self.step, "epoch": self.epoch, "history": self.history, "elapsed_s": elapsed,
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        }, self.out / CHECKPOINT_FILE)
+
+    # --- loop -------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        tc = self.tc
+        normals, spacing = self._geometry()
+        n = len(self.train_idx)
+        bs = min(tc.batch_size, n)
+        steps_per_epoch = max(n // bs, 1)
+        t0 = time.monotonic()
+        last_ckpt = t0
+        stopped = "completed"
+        use_amp = tc.amp and self.device.type == "cuda"
+        self.model.train()
+        while self.epoch < tc.epochs:
+            perm = np.random.default_rng(tc.seed + self.epoch).permutation(self.train_idx)
+            start = self.step - self.epoch * steps_per_epoch           # resume inside an epoch
+            bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {self.epoch + 1}/{tc.epochs}",
+                       unit="step", disable=not self.show_progress, leave=False)
+            for i in bar:
+                idx = np.sort(perm[i * bs:(i + 1) * bs])
+                images, points = self.batch(idx, normals, spacing)
+                spent = self.elapsed_before + time.monotonic() - t0
+                frac = spent / (tc.time_budget_min * 60) if tc.time_budget_min else None
+                lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = self.step_fn(images, points, self.gen)
+                self.opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                self.opt.step()
+                self.step += 1
+                if self.step % tc.log_every == 0 or self.step == 1:
+                    row = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 4),
+                           "loss": float(out.loss.detach()), "lr": lr,
+                           "elapsed_s": round(self.elapsed_before + time.monotonic() - t0, 1)}
+                    row.update({f"loss_{k}": v for k, v in out.parts.items()})
+                    self.history.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
+                now = time.monotonic()
+                if now - last_ckpt > tc.checkpoint_every_min * 60:
+                    self.save_checkpoint(self.elapsed_before + now - t0)
+                    save_weights(self.model.encoder, self.out / "weights", extra={"training": {
+                        "stopped": "in_progress", "steps": self.step}})
+                    last_ckpt = now
+                if tc.max_steps is not None and self.step >= tc.max_steps:
+                    stopped = "max_steps"
+                    break
+                if tc.time_limit_min is not None and now - t0 > tc.time_limit_min * 60:
+                    stopped = "time_limit"
+                    break
+                if frac is not None and frac >= 1.0:
+                    stopped = "time_budget"
+                    break
+            bar.close()
+            if stopped != "completed":
+                break
+            self.epoch += 1
+            log.info("epoch %d done, loss %.4f", self.epoch, self.history[-1]["loss"] if self.history else float("nan"))
+        elapsed = self.elapsed_before + time.monotonic() - t0
+        self.save_checkpoint(elapsed)
+        return self.finish(stopped, elapsed, steps_per_epoch)
+
+    def finish(self, stopped: str, elapsed: float, steps_per_epoch: int) -> dict[str, Any]:
+        """Write the train log, the loss curve and the inference weights."""
+        summary = {
+            "stopped": stopped, "epochs_done": self.epoch, "steps": self.step,
+            "steps_per_epoch": steps_per_epoch, "elapsed_s": round(elapsed, 1),
+            "device": str(self.device), "torch": torch.__version__,
+            "samples_per_s": round(self.step * min(self.tc.batch_size, len(self.train_idx)) / max(elapsed, 1e-9), 2),
+            "model_config": self.cfg.to_dict(), "train_config": dataclasses.asdict(self.tc),
+            "data": {"path": self.data.source, "sha256": self.data.sha256, "shapes": len(self.data),
+                     "query": len(self.split.query), "retrieval": len(self.split.retrieval),
+                     "train": len(self.train_idx)},
+            "history": self.history,
+        }
+        (self.out / LOG_FILE).write_text(json.dumps(summary, indent=1))
+        try:
+            from .plots import plot_loss_curves
+            plot_loss_curves(self.history, self.out / CURVE_FILE)
+        except Exception as exc:  # a missing plot must not lose a finished training run
+            log.warning("loss curve not written: %s", exc)
+        training = {k: summary[k] for k in ("stopped", "epochs_done", "steps", "elapsed_s", "device",
+                                            "samples_per_s", "train_config", "data")}
+        save_weights(self.model.encoder, self.out / "weights", extra={"training": training})
+        return summary

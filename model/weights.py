@@ -1,0 +1,106 @@
+"""Inference weights on disk: fp16 safetensors + manifest.json (config, code lengths, provenance,
+evaluation, sha256 of every file). The loader verifies the checksums and the config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .cmah import HashEncoder
+from .config import CMAHConfig
+
+WEIGHTS_FILE = "cmah_encoder.safetensors"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+#: The weights shipped in the repository.
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be used: missing files, checksum mismatch, incompatible config."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(encoder: HashEncoder, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the inference model as fp16 safetensors + manifest (atomically per file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in encoder.state_dict().items()}
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "cmah-encoder", "version": str(FORMAT_VERSION)})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config": encoder.cfg.to_dict(),
+        "bits": list(encoder.cfg.bits),
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "files": {WEIGHTS_FILE: {"sha256": _sha256(out / WEIGHTS_FILE),
+                                 "bytes": (out / WEIGHTS_FILE).stat().st_size}},
+    }
+    manifest.update(extra or {})
+    write_manifest(out, manifest)
+    return out
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".manifest-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, out_dir / MANIFEST_FILE)
+
+
+def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
+    path = Path(weights_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise WeightsError(f"{weights_dir}: no {MANIFEST_FILE} (not a CMAH weights directory)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: invalid JSON ({exc})") from None
+
+
+def load_weights(weights_dir: str | Path = SHIPPED_WEIGHTS_DIR, device: str | torch.device = "cpu",
+                 expect_config: CMAHConfig | None = None) -> HashEncoder:
+    """Load and verify inference weights; returns an fp32 :class:`HashEncoder` in eval mode."""
+    d = Path(weights_dir)
+    manifest = read_manifest(d)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(f"{d}: weights format {manifest.get('format_version')} is not supported "
+                           f"(expected {FORMAT_VERSION})")
+    for name, info in manifest.get("files", {}).items():
+        path = d / name
+        if not path.is_file():
+            raise WeightsError(f"{d}: missing file {name}")
+        digest = _sha256(path)
+        if digest != info.get("sha256"):
+            raise WeightsError(f"{path}: sha256 mismatch (manifest {info.get('sha256', '')[:12]}…, "
+                               f"file {digest[:12]}…): corrupt or replaced weights")
+    try:
+        cfg = CMAHConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError) as exc:
+        raise WeightsError(f"{d}: manifest config is invalid ({exc})") from None
+    if expect_config is not None and expect_config.to_dict() != cfg.to_dict():
+        raise WeightsError(f"{d}: weights were trained with config {cfg.name!r}, which does not match "
+                           f"the expected config {expect_config.name!r}")
+    model = HashEncoder(cfg)
+    state = load_file(str(d / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{d}: weights do not match config {cfg.name!r} "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval()

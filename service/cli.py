@@ -1,0 +1,294 @@
+"""The ``cmah`` command line: thin commands over the same functions the service uses.
+
+Every command that reads user files follows one contract: a bad file ends the command with exit
+status 2 and a single line on stderr naming the file and the problem (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger("cmah")
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _fail_on_user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapper(args: argparse.Namespace) -> int:
+        from model.dataset import DatasetError
+        from model.inputs import InputError
+        from model.weights import WeightsError
+
+        try:
+            return fn(args)
+        except CLIError as exc:
+            msg = str(exc)
+        except (InputError, DatasetError, WeightsError) as exc:
+            msg = str(exc)
+        except FileNotFoundError as exc:
+            msg = f"{exc.filename}: no such file"
+        except IsADirectoryError as exc:
+            msg = f"{exc.filename}: is a directory"
+        except PermissionError as exc:
+            msg = f"{exc.filename}: permission denied"
+        print(f"cmah {args.command}: error: {msg}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_INPUT
+
+    return wrapper
+
+
+def _read_points_file(path: str):
+    from model.inputs import InputError, load_points
+
+    try:
+        return load_points(Path(path), name=Path(path).name)
+    except InputError as exc:
+        raise CLIError(f"{path}: {exc}") from None
+
+
+def _is_image_file(path: Path) -> bool:
+    from model.inputs import sniff_3d_format
+
+    head = path.read_bytes()[:4096] if path.is_file() else b""
+    image_magic = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+    if head.startswith(image_magic) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return True
+    try:
+        sniff_3d_format(head, path.name)
+        return False
+    except Exception:
+        return path.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+# --- train -----------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from model.config import ABLATIONS, get_config
+    from model.device import set_cpu_threads
+    from model.train import Trainer, TrainConfig
+
+    cfg = get_config(args.config).with_loss(**ABLATIONS[args.ablation], contrastive=args.contrastive,
+                                            temperature=args.temperature)
+    if args.image_size:
+        cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, image_size=args.image_size))
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                     schedule=args.schedule, seed=args.seed, n_train=args.n_train,
+                     time_limit_min=args.time_limit_min, time_budget_min=args.time_budget_min,
+                     max_steps=args.max_steps, compile=args.compile, warmup_epochs=args.warmup_epochs)
+    set_cpu_threads(args.threads)
+    if not Path(args.data).is_file():
+        raise CLIError(f"{args.data}: no such dataset file")
+    trainer = Trainer(cfg, tc, args.data, args.out, device=args.device, resume=args.resume,
+                      show_progress=not args.quiet)
+    summary = trainer.run()
+    last = summary["history"][-1]["loss"] if summary["history"] else float("nan")
+    print(f"{summary['stopped']}: {summary['steps']} steps, {summary['epochs_done']} epochs, "  # noqa: T201
+          f"{summary['elapsed_s']:.0f} s, last loss {last:.4f}; weights in {Path(args.out) / 'weights'}")
+    return 0
+
+
+# --- eval ------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.device import set_cpu_threads
+    from model.encode import Encoder
+    from model.evaluate import evaluate, format_table, load_eval_data, write_json
+    from model.weights import SHIPPED_WEIGHTS_DIR
+
+    set_cpu_threads(args.threads)
+    try:
+        data = load_eval_data(args.data, args.query_data, args.db_data)
+    except ValueError as exc:
+        if type(exc) is not ValueError:
+            raise
+        raise CLIError(str(exc)) from None
+    weights = args.weights or SHIPPED_WEIGHTS_DIR
+    enc = Encoder.from_weights(weights, args.device)
+    extra = {}
+    for spec in args.baseline_weights or []:
+        name, _, wdir = spec.partition("=")
+        if not wdir:
+            raise CLIError(f"--baseline-weights expects NAME=DIR, got {spec!r}")
+        extra[name] = Encoder.from_weights(wdir, args.device)
+    try:
+        res = evaluate(enc, data, args.bits, args.topk, baselines=args.baselines, extra_baselines=extra,
+                       plots_dir=args.plots, save_codes=args.save_codes, weights_dir=weights,
+                       timing_repeats=args.timing_repeats, progress=not args.quiet)
+    except ValueError as exc:
+        if type(exc) is not ValueError:
+            raise
+        raise CLIError(str(exc)) from None
+    print(format_table(res))  # noqa: T201
+    if args.json:
+        write_json(res, args.json)
+    return 0
+
+
+# --- encode ----------------------------------------------------------------------------------------
+def cmd_encode(args: argparse.Namespace) -> int:
+    from model.encode import Encoder
+    from model.inputs import read_image
+
+    path = Path(args.file)
+    if not path.exists():
+        raise CLIError(f"{path}: no such file")
+    enc = Encoder.from_weights(args.weights, args.device)
+    if args.bits not in enc.bits:
+        raise CLIError(f"the weights have no {args.bits}-bit head; they provide {list(enc.bits)}")
+    kind = args.modality or ("image" if _is_image_file(path) else "points")
+    if kind == "image":
+        from model.inputs import InputError
+
+        try:
+            codes = enc.encode_image(read_image(path))
+        except InputError as exc:
+            raise CLIError(f"{path}: {exc}") from None
+    else:
+        codes = enc.encode_points(_read_points_file(str(path)))
+    print(f"{path}: {kind}, {args.bits}-bit code")  # noqa: T201
+    print(codes[args.bits].tobytes().hex())  # noqa: T201
+    return 0
+
+
+# --- render ----------------------------------------------------------------------------------------
+def cmd_render(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from model.renderer import RenderConfig, canonical_view, render, to_uint8
+
+    pts = _read_points_file(args.input)
+    view = canonical_view(1)
+    if args.view:
+        try:
+            azim, elev = (float(v) for v in args.view.split(","))
+        except ValueError:
+            raise CLIError(f"--view expects AZIM,ELEV in degrees, got {args.view!r}") from None
+        view.azim[:] = azim
+        view.elev[:] = elev
+    img = render(torch.from_numpy(pts)[None], view, RenderConfig(image_size=args.size))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(img)[0].numpy()).save(out)
+    print(f"wrote {out}")  # noqa: T201
+    return 0
+
+
+# --- synth -----------------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from model.synthetic import write_synthetic
+
+    write_synthetic(args.output, n_per_class=args.per_class, seed=args.seed)
+    print(f"wrote {args.output}")  # noqa: T201
+    return 0
+
+
+# --- serve -----------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from service.app import run_server
+    except ImportError:
+        print("cmah serve: the HTTP service is not built yet (see the open service issue); "  # noqa: T201
+              "the shipped weights can be used with `cmah encode` and `cmah eval` meanwhile.")
+        return 0
+    return run_server(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cmah", description="Cross-modal hashing retrieval between images "
+                                "and 3D point clouds (CMAH).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train the encoders and hash layers (unsupervised)")
+    t.add_argument("--data", required=True, help="dataset .npz (points, labels, names, classes)")
+    t.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs, weights/)")
+    t.add_argument("--config", default="cpu", help="model preset: cpu (default), paper, tiny")
+    t.add_argument("--ablation", default="full", choices=["full", "cl+mr", "cl-f+cl-m", "cl-f"],
+                   help="loss switches of the paper's Table 2 (default: full)")
+    t.add_argument("--contrastive", default="ntxent", choices=["ntxent", "hard"])
+    t.add_argument("--temperature", type=float, default=0.2)
+    t.add_argument("--image-size", type=int, help="override the preset's image resolution")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--min-lr", type=float, default=1e-5)
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    t.add_argument("--time-budget-min", type=float, help="train for this wall time (cosine over time)")
+    t.add_argument("--time-limit-min", type=float, help="stop (resumable) after this wall time")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--n-train", type=int, help="training shapes (default: the whole retrieval set)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="mAP@K, curves, t-SNE, timings and baselines")
+    e.add_argument("--weights", help="weights directory (default: the shipped weights)")
+    e.add_argument("--data", help="one dataset file, evaluated on the documented query/retrieval split")
+    e.add_argument("--query-data", help="query dataset file")
+    e.add_argument("--db-data", help="database dataset file")
+    e.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    e.add_argument("--topk", type=int, default=2000)
+    e.add_argument("--json", help="write the results JSON here")
+    e.add_argument("--plots", help="write the PNG plots into this directory")
+    e.add_argument("--save-codes", help="write all codes (np.packbits) and labels to this .npz")
+    e.add_argument("--baselines", action="store_true", help="add LSH, PCA-sign and ITQ rows")
+    e.add_argument("--baseline-weights", nargs="*", metavar="NAME=DIR",
+                   help="other weights evaluated as baselines (e.g. cl-f=runs/clf/weights)")
+    e.add_argument("--timing-repeats", type=int, default=100)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("encode", help="print the hash code of an image or 3D file (hex, last line)")
+    c.add_argument("file")
+    c.add_argument("--bits", type=int, default=64, choices=[16, 32, 64])
+    c.add_argument("--as", dest="modality", choices=["image", "points"], help="override detection")
+    c.add_argument("--weights", help="weights directory (default: the shipped weights)")
+    c.add_argument("--device", default="auto")
+    c.set_defaults(func=cmd_encode)
+
+    r = sub.add_parser("render", help="render a 3D file to a PNG")
+    r.add_argument("input")
+    r.add_argument("-o", "--output", required=True)
+    r.add_argument("--view", help="AZIM,ELEV in degrees (default: the canonical view)")
+    r.add_argument("--size", type=int, default=224)
+    r.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("synth", help="write a synthetic dataset (spheres, boxes, tori …) in the dataset format")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--per-class", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    v = sub.add_parser("serve", help="start the HTTP service on the shipped weights")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--data-dir", help="where the index and metadata live (default: CMAH_DATA_DIR or ./.cmah-data)")
+    v.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return _fail_on_user_errors(args.func)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The `cmah` console script: subcommands, the bad-file contract (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.dataset import load_dataset
+from model.inputs import write_ply
+from service.cli import main
+
+CMAH = [sys.executable, "-m", "service.cli"]
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([*CMAH, "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("train", "eval", "encode", "render", "serve", "synth"):
+        assert cmd in out
+
+
+@pytest.fixture(scope="module")
+def ply_file(tmp_path_factory, synth_npz) -> Path:
+    path = tmp_path_factory.mktemp("files") / "shape.ply"
+    write_ply(path, load_dataset(synth_npz).points[0])
+    return path
+
+
+def test_encode_points_and_image_print_hex(ply_file, tiny_weights, tmp_path, capsys):
+    for bits in (16, 32, 64):
+        assert main(["encode", str(ply_file), "--bits", str(bits), "--weights", str(tiny_weights)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert len(last) == bits // 4 and int(last, 16) >= 0
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(img)
+    assert main(["encode", str(img), "--weights", str(tiny_weights)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "image" in out[0] and len(out[-1]) == 16
+
+
+def test_encode_is_deterministic(ply_file, tiny_weights, capsys):
+    main(["encode", str(ply_file), "--weights", str(tiny_weights)])
+    a = capsys.readouterr().out.strip().splitlines()[-1]
+    main(["encode", str(ply_file), "--weights", str(tiny_weights)])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == a
+
+
+@pytest.mark.parametrize("content,name", [(b"", "empty.ply"), (b"ply\nformat ascii 1.0\nelement vertex 100\n"
+                                          b"property float x\nproperty float y\nproperty float z\nend_header\n"
+                                          b"1 2 3\n", "short.ply"), (b"\x00\x01garbage" * 50, "junk.xyz")])
+def test_bad_3d_file_exits_2_with_one_line(tmp_path, tiny_weights, content, name):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for args in (["encode", str(path), "--weights", str(tiny_weights)], ["render", str(path), "-o",
+                                                                         str(tmp_path / "o.png")]):
+        proc = subprocess.run([*CMAH, *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_missing_file_and_bad_dataset_exit_2(tmp_path, tiny_weights, capsys):
+    assert main(["encode", str(tmp_path / "nope.ply"), "--weights", str(tiny_weights)]) == 2
+    assert "nope.ply" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, points=np.zeros((2, 3)))
+    assert main(["eval", "--weights", str(tiny_weights), "--data", str(bad)]) == 2
+    assert "bad.npz" in capsys.readouterr().err
+    assert main(["encode", str(tmp_path / "x.ply"), "--weights", str(tmp_path)]) == 2
+
+
+def test_render_writes_png(ply_file, tmp_path):
+    out = tmp_path / "r.png"
+    assert main(["render", str(ply_file), "-o", str(out), "--size", "64"]) == 0
+    assert Image.open(out).size == (64, 64)
+    out2 = tmp_path / "r2.png"
+    assert main(["render", str(ply_file), "-o", str(out2), "--size", "64", "--view", "120,10"]) == 0
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(out2)))
+
+
+def test_synth_writes_a_loadable_dataset(tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["synth", "-o", str(out), "--per-class", "2"]) == 0
+    ds = load_dataset(out)
+    assert len(ds) == 2 * len(ds.classes)
+
+
+def test_train_cli_tiny_run(synth_npz, tmp_path, capsys):
+    rc = main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "run"),
+               "--max-steps", "2", "--batch-size", "8", "--quiet", "--device", "cpu"])
+    assert rc == 0
+    assert (tmp_path / "run" / "weights" / "manifest.json").is_file()
+    assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r2")]) == 2
