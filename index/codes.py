@@ -16,9 +16,7 @@ import numpy as np
 BITS_CHOICES: tuple[int, ...] = (16, 32, 64)
 
 #: popcount of every byte value, the portable fallback when ``np.bitwise_count`` is missing (numpy < 2).
-POPCOUNT_TABLE: np.ndarray = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(
-    np.uint8
-)
+POPCOUNT_TABLE: np.ndarray = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.uint8)
 
 _HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 _WORD_DTYPES = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -61,15 +59,11 @@ def as_codes(codes: object, bits: int | None = None, *, name: str = "codes") -> 
         raise ValueError(f"{name} must have shape [N, bits/8], got shape {arr.shape}")
     if bits is None:
         if arr.shape[1] * 8 not in BITS_CHOICES:
-            raise ValueError(
-                f"{name} width {arr.shape[1]} bytes is not a supported code length {BITS_CHOICES} bits"
-            )
+            raise ValueError(f"{name} width {arr.shape[1]} bytes is not a supported code length {BITS_CHOICES} bits")
     else:
         nbytes = code_bytes(bits)
         if arr.shape[1] != nbytes:
-            raise ValueError(
-                f"{name} for {bits}-bit codes must have shape [N, {nbytes}], got shape {arr.shape}"
-            )
+            raise ValueError(f"{name} for {bits}-bit codes must have shape [N, {nbytes}], got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 

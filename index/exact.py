@@ -10,8 +10,9 @@ FAISS (and Milvus) return *a* correct k-nearest set but make no promise about wh
 equally distant items they keep. :func:`resolve_ties` turns such a candidate list into the exact
 result: the backend is asked for ``k + margin`` candidates; if the last candidate of a row is
 strictly farther than the ``k``-th, the whole ``k``-th distance band is among the candidates and a
-sort by ``(distance, id)`` is exact. Otherwise ("band overflow") the backend fetches every item with
-distance ``<=`` the ``k``-th distance (a range search) and that row is sorted from it.
+sort by ``(distance, id)`` is exact. Otherwise ("band overflow") every item closer than the ``k``-th
+distance ``d`` is still among the candidates (there are fewer than ``k`` of them), and the backend
+is asked for the ``need`` smallest ids at distance exactly ``d``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ PAD_DISTANCE = -1
 _BIG_DISTANCE = np.iinfo(np.int32).max
 _BIG_ID = np.iinfo(np.int64).max
 
-#: ``fetch_band(query_rows, max_distance) -> [(distances, ids) per row]``: every item within
-#: ``max_distance[i]`` (inclusive) of query ``query_rows[i]``.
-BandFetcher = Callable[[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]
+#: ``fetch_band(query_rows, band_distance, need) -> [ids per row]``: for query ``query_rows[i]``,
+#: ids of items at distance exactly ``band_distance[i]`` that include the ``need[i]`` smallest such
+#: ids (more may be returned; they are sorted and cut by the caller).
+BandFetcher = Callable[[np.ndarray, np.ndarray, np.ndarray], list[np.ndarray]]
 
 
 def check_k(k: int) -> int:
@@ -94,20 +96,15 @@ def resolve_ties(
         overflow = np.flatnonzero(d[:, kc - 1] == d_star)
         if overflow.size:
             n_overflow = int(overflow.size)
-            bands = fetch_band(overflow, d_star[overflow])
-            width = max(kc, k)
-            if width > d.shape[1]:
-                pad = width - d.shape[1]
-                d = np.pad(d, ((0, 0), (0, pad)), constant_values=_BIG_DISTANCE)
-                i = np.pad(i, ((0, 0), (0, pad)), constant_values=_BIG_ID)
-            for row, (bd, bi) in zip(overflow, bands, strict=True):
-                bd = np.asarray(bd, dtype=np.int64)
-                bi = np.asarray(bi, dtype=np.int64)
-                order = np.lexsort((bi, bd))[:width]
-                d[row, :] = _BIG_DISTANCE
-                i[row, :] = _BIG_ID
-                d[row, : order.size] = bd[order]
-                i[row, : order.size] = bi[order]
+            closer = d[overflow] < d_star[overflow, None]
+            need = k - closer.sum(axis=1)
+            bands = fetch_band(overflow, d_star[overflow], need)
+            for row, n_closer, band in zip(overflow, k - need, bands, strict=True):
+                band = np.unique(np.asarray(band, dtype=np.int64))[: k - n_closer]  # sorted ascending
+                d[row, n_closer : n_closer + band.size] = d_star[row]
+                i[row, n_closer : n_closer + band.size] = band
+                d[row, n_closer + band.size :] = _BIG_DISTANCE
+                i[row, n_closer + band.size :] = _BIG_ID
     out_d, out_i = _finish(d, i, k)
     return out_d, out_i, n_overflow
 

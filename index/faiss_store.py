@@ -39,10 +39,12 @@ class FaissBackend:
         *,
         accelerator_factory: Callable[[], Accelerator] | None = None,
         tie_margin: int = DEFAULT_TIE_MARGIN,
+        threads: int | None = None,
     ) -> None:
         self.snapshot_dir = Path(data_dir) / "snapshots"
         self._accelerator_factory = accelerator_factory
         self._tie_margin = tie_margin
+        self._threads = threads
         self._indexes: dict[Key, FaissFlatIndex] = {}
         self._dirty: set[Key] = set()
 
@@ -53,7 +55,7 @@ class FaissBackend:
 
     def _new_index(self, bits: int) -> FaissFlatIndex:
         accel = self._accelerator_factory() if self._accelerator_factory else None
-        return FaissFlatIndex(bits, tie_margin=self._tie_margin, accelerator=accel)
+        return FaissFlatIndex(bits, tie_margin=self._tie_margin, accelerator=accel, threads=self._threads)
 
     def _expected(self, meta: MetadataDB, modality: str, bits: int) -> SnapshotHeader:
         return SnapshotHeader(
@@ -94,17 +96,14 @@ class FaissBackend:
             )
         try:
             index = FaissFlatIndex.deserialize(
-                expected.bits, payload, tie_margin=self._tie_margin, accelerator=None
+                expected.bits, payload, tie_margin=self._tie_margin, threads=self._threads
             )
         except ValueError as exc:
             raise SnapshotError(f"snapshot {path} is corrupt: {exc}") from exc
         if index.ntotal != expected.count or header.count != expected.count:
-            raise SnapshotError(
-                f"snapshot {path} holds {index.ntotal} items, the database {expected.count}"
-            )
+            raise SnapshotError(f"snapshot {path} holds {index.ntotal} items, the database {expected.count}")
         if self._accelerator_factory:
-            index.accelerator = self._accelerator_factory()
-            index._accel_stale = True
+            index.set_accelerator(self._accelerator_factory())
         return index
 
     def rebuild(self, meta: MetadataDB, modality: str, bits: int) -> None:
@@ -118,7 +117,10 @@ class FaissBackend:
         logger.log(
             logging.INFO if len(ids) else logging.DEBUG,
             "rebuilt the %s/%d-bit index from SQLite: %d items in %.2f s",
-            modality, bits, len(ids), time.perf_counter() - t0,
+            modality,
+            bits,
+            len(ids),
+            time.perf_counter() - t0,
         )
 
     # ------------------------------------------------------------------ mutations
@@ -131,6 +133,9 @@ class FaissBackend:
         """Drop items from one index."""
         if self._indexes[(modality, bits)].remove(ids):
             self._dirty.add((modality, bits))
+
+    def committed(self, meta: MetadataDB, keys: set[tuple[str, int]]) -> None:
+        """Called after a change was applied; snapshots are written lazily, so nothing to do."""
 
     # ------------------------------------------------------------------ queries
     def search(self, modality: str, bits: int, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

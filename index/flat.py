@@ -12,6 +12,7 @@ padding both database and query codes with the same zero bytes leaves every dist
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -20,17 +21,23 @@ import faiss
 import numpy as np
 
 from index.codes import as_codes, check_bits
-from index.exact import check_k, empty_result, resolve_ties
+from index.exact import BandFetcher, check_k, empty_result, resolve_ties
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_THREADS = faiss.omp_get_max_threads()
+_HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
+_WORD = {4: np.uint32, 8: np.uint64}
+_SCAN_CHUNK = 1 << 16
 
 #: bytes per code as stored in FAISS, per code length.
 FAISS_CODE_BYTES: dict[int, int] = {16: 4, 32: 4, 64: 8}
 
 #: extra candidates fetched per query so that the k-th distance band usually fits (see index.exact).
-DEFAULT_TIE_MARGIN = 32
+#: A larger heap costs FAISS next to nothing (k = 10 + 512 scans as fast as k = 42).
+DEFAULT_TIE_MARGIN = 128
+#: the margin doubles (up to this) while more than a quarter of the rows of a search overflow.
+MAX_TIE_MARGIN = 1024
 
 #: below this many (query, item) comparisons a search runs on one OpenMP thread: FAISS only
 #: parallelises over queries, and on a busy machine waking a team of threads costs milliseconds.
@@ -91,7 +98,9 @@ class FaissFlatIndex:
         *,
         index: faiss.IndexBinaryIDMap2 | None = None,
         tie_margin: int = DEFAULT_TIE_MARGIN,
+        max_tie_margin: int = MAX_TIE_MARGIN,
         accelerator: Accelerator | None = None,
+        threads: int | None = None,
     ) -> None:
         self.bits = check_bits(bits)
         self.code_bytes = self.bits // 8
@@ -102,12 +111,25 @@ class FaissFlatIndex:
             raise ValueError(f"FAISS index has d={index.d}, expected {self.faiss_bytes * 8} for {bits}-bit")
         self._index = index
         self.tie_margin = max(1, int(tie_margin))
+        self.max_tie_margin = max(self.tie_margin, int(max_tie_margin))
         self.accelerator = accelerator
         self._accel_stale = accelerator is not None
-        #: OpenMP threads used for batches of queries (FAISS's default: all cores).
-        self.max_threads = _DEFAULT_THREADS
-        #: number of query rows whose k-th distance band overflowed the candidates (range search).
+        self._accel_lock = threading.Lock()  # concurrent searches may race to refresh the device copy
+        #: OpenMP threads used for large batches of queries (default: FAISS's, i.e. all cores).
+        self.max_threads = max(1, int(threads)) if threads else _DEFAULT_THREADS
+        #: number of query rows whose k-th distance band overflowed the candidates.
         self.band_fallbacks = 0
+        ids = self.ids()
+        #: rows stored in ascending id order (true unless an existing id was re-added, e.g. by an
+        #: upsert): enables the early-stopping band scan.
+        self._rows_in_id_order = bool(np.all(ids[1:] > ids[:-1])) and _HAS_BITWISE_COUNT
+        self._max_id = int(ids.max()) if ids.size else -1
+
+    def set_accelerator(self, accelerator: Accelerator | None) -> None:
+        """Use (or stop using, with ``None``) a GPU scan; its copy is refreshed on the next search."""
+        with self._accel_lock:
+            self.accelerator = accelerator
+            self._accel_stale = accelerator is not None
 
     # ------------------------------------------------------------------ contents
     @property
@@ -124,6 +146,8 @@ class FaissFlatIndex:
         if ids.size:
             self._index.add_with_ids(pad_codes(arr, self.faiss_bytes), ids)
             self._accel_stale = self.accelerator is not None
+            self._rows_in_id_order &= bool(ids[0] > self._max_id and np.all(ids[1:] > ids[:-1]))
+            self._max_id = max(self._max_id, int(ids.max()))
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove items by id (unknown ids are ignored); returns how many were removed."""
@@ -167,29 +191,62 @@ class FaissFlatIndex:
         if n_overflow:
             self.band_fallbacks += n_overflow
             logger.debug("%d-bit search: %d/%d rows needed a range search", self.bits, n_overflow, len(q))
+            if 4 * n_overflow > len(q) and self.tie_margin < self.max_tie_margin:
+                self.tie_margin = min(self.max_tie_margin, 2 * self.tie_margin)
         return out_d, out_i
 
-    def _fetch_band(self, q: np.ndarray):
-        """Band fetcher for :func:`resolve_ties`: FAISS range search, one call per distinct radius."""
+    def _fetch_band(self, q: np.ndarray) -> BandFetcher:
+        """Band fetcher for :func:`resolve_ties` (see :meth:`_band_prefix_scan` and :meth:`_band_range`)."""
 
-        def fetch(rows: np.ndarray, max_dist: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-            out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * rows.size
-            for radius in np.unique(max_dist):
-                sel = np.flatnonzero(max_dist == radius)
-                lims, dist, ids = self._index.range_search(q[rows[sel]], int(radius) + 1)
-                for j, pos in enumerate(sel):
-                    lo, hi = lims[j], lims[j + 1]
-                    out[pos] = (dist[lo:hi].astype(np.int64), ids[lo:hi])
-            return out
+        def fetch(rows: np.ndarray, band_dist: np.ndarray, need: np.ndarray) -> list[np.ndarray]:
+            if not self._rows_in_id_order:
+                return self._band_range(q, rows, band_dist)
+            return [self._band_prefix_scan(q[r], int(d), int(m)) for r, d, m in zip(rows, band_dist, need, strict=True)]
 
         return fetch
+
+    def _band_prefix_scan(self, query: np.ndarray, band_dist: int, need: int) -> np.ndarray:
+        """Rows are in ascending id order: scan them in order and stop at the ``need``-th band member.
+
+        Trained hash codes are clustered, so the k-th distance band often holds thousands of items
+        and a full second scan would double the cost; the first band members appear early.
+        """
+        flat = faiss.downcast_IndexBinary(self._index.index)
+        n = self.ntotal
+        # zero-copy views of FAISS's storage; valid because writers are excluded during searches
+        xb = faiss.rev_swig_ptr(flat.xb.data(), n * self.faiss_bytes).view(_WORD[self.faiss_bytes])
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), n)
+        qword = query.view(_WORD[self.faiss_bytes])[0]
+        found: list[np.ndarray] = []
+        total = 0
+        for start in range(0, n, _SCAN_CHUNK):
+            dist = np.bitwise_count(xb[start : start + _SCAN_CHUNK] ^ qword)
+            hits = np.flatnonzero(dist == band_dist)
+            if hits.size:
+                found.append(id_map[start + hits[: need - total]].copy())
+                total += min(hits.size, need - total)
+                if total >= need:
+                    break
+        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+    def _band_range(self, q: np.ndarray, rows: np.ndarray, band_dist: np.ndarray) -> list[np.ndarray]:
+        """FAISS range search (distance <= band distance), one call per distinct band distance."""
+        out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * rows.size
+        for radius in np.unique(band_dist):
+            sel = np.flatnonzero(band_dist == radius)
+            lims, dist, ids = self._index.range_search(q[rows[sel]], int(radius) + 1)
+            for j, pos in enumerate(sel):
+                lo, hi = lims[j], lims[j + 1]
+                out[pos] = ids[lo:hi][dist[lo:hi] == radius]
+        return out
 
     def _ready_accelerator(self, kc: int) -> Accelerator | None:
         if self.accelerator is None or kc > self.accelerator.max_k:
             return None
-        if self._accel_stale:
-            self.accelerator.rebuild(self.ids(), self.padded_codes())
-            self._accel_stale = False
+        with self._accel_lock:
+            if self._accel_stale:
+                self.accelerator.rebuild(self.ids(), self.padded_codes())
+                self._accel_stale = False
         return self.accelerator
 
     # ------------------------------------------------------------------ serialisation

@@ -183,4 +183,3 @@ class TorchAccelerator:
         out_d[:, :w] = d
         out_i[:, :w] = self._ids[rows]
         return out_d, out_i
-

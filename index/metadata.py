@@ -171,10 +171,18 @@ class MetadataDB:
     # ------------------------------------------------------------------ writes
     @staticmethod
     def _row_values(item: ItemRecord, now: str) -> tuple:
-        codes = tuple(
-            item.codes[b].tobytes() if b in item.codes else None for b in BITS_CHOICES
+        codes = tuple(item.codes[b].tobytes() if b in item.codes else None for b in BITS_CHOICES)
+        return (
+            item.modality,
+            item.name,
+            item.label,
+            item.source,
+            now,
+            now,
+            item.preview,
+            item.item_key,
+            *codes,
         )
-        return (item.modality, item.name, item.label, item.source, now, now, item.preview, item.item_key, *codes)
 
     def insert(self, items: Sequence[ItemRecord]) -> list[int]:
         """Insert new items in one transaction; returns their (consecutive, new) ids."""

@@ -96,9 +96,7 @@ class SnapshotHeader:
 
 def write_snapshot(path: Path, header: SnapshotHeader, payload: bytes) -> None:
     """Atomically write a snapshot file (header fields ``payload_len``/``payload_crc32`` are filled in)."""
-    full = SnapshotHeader(
-        **{**asdict(header), "payload_len": len(payload), "payload_crc32": zlib.crc32(payload)}
-    )
+    full = SnapshotHeader(**{**asdict(header), "payload_len": len(payload), "payload_crc32": zlib.crc32(payload)})
     raw = json.dumps(asdict(full), sort_keys=True).encode()
     atomic_write_bytes(path, _PREFIX.pack(SNAPSHOT_MAGIC, len(raw), zlib.crc32(raw)), raw, payload)
 

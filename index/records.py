@@ -61,9 +61,7 @@ class ItemRecord:
         if not isinstance(other, ItemRecord):
             return NotImplemented
         same_fields = all(
-            getattr(self, f.name) == getattr(other, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "codes"
+            getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self) if f.name != "codes"
         )
         return same_fields and {b: c.tobytes() for b, c in self.codes.items()} == {
             b: c.tobytes() for b, c in other.codes.items()

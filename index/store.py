@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,11 +33,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.codes import BITS_CHOICES, as_codes, check_bits
-from index.errors import StoreClosedError
+from index.errors import StoreClosedError, StoreCorruptError
 from index.exact import check_k
 from index.flat import DEFAULT_TIE_MARGIN
 from index.locking import RWLock
-from index.metadata import MetadataDB
+from index.metadata import MetadataDB, corrupt_message
 from index.persistence import DirLock
 from index.records import ItemRecord, check_modality, normalize_item
 
@@ -70,6 +71,9 @@ class VectorBackend(Protocol):
     def rebuild(self, meta: MetadataDB, modality: str, bits: int) -> None:
         """Re-create one (modality, bits) index from SQLite."""
 
+    def committed(self, meta: MetadataDB, keys: set[tuple[str, int]]) -> None:
+        """A committed change has been applied to the indexes of ``keys``."""
+
     def snapshot(self, meta: MetadataDB) -> int:
         """Persist pending state; returns how many indexes were written."""
 
@@ -77,12 +81,16 @@ class VectorBackend(Protocol):
         """Persist and release resources."""
 
 
-def _make_backend(backend: str, data_dir: Path, device: str, tie_margin: int, milvus_uri: str | None):
+def _make_backend(
+    backend: str, data_dir: Path, device: str, tie_margin: int, threads: int | None, milvus_uri: str | None
+) -> VectorBackend:
     if backend == "faiss":
         from index.faiss_store import FaissBackend
         from index.gpu import make_accelerator
 
-        return FaissBackend(data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin)
+        return FaissBackend(
+            data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin, threads=threads
+        )
     if backend == "milvus":
         from index.milvus_store import MilvusBackend
 
@@ -101,6 +109,11 @@ class HashStore:
         snapshot_every: write FAISS snapshots after this many item changes (they are also written
             by :meth:`snapshot` and :meth:`close`); ``0`` disables the automatic snapshots.
         tie_margin: extra candidates per query used to resolve distance ties (see :mod:`index.exact`).
+        threads: FAISS backend only: OpenMP threads for large query batches (``None`` or ``0``: all
+            cores). The default, 1, is right for small or shared machines: FAISS parallelises only
+            over the queries of a batch, and when other processes keep the cores busy each OpenMP
+            team wake-up costs milliseconds (see ``docs/benchmarks-search.md``); give more threads on
+            an otherwise idle multi-core machine. Single queries always run on one thread.
         milvus_uri: Milvus backend only: server URI, or a local ``.db`` file for milvus-lite
             (default ``<data_dir>/milvus.db``).
         check_integrity: run ``PRAGMA quick_check`` on open (recommended; O(database size)).
@@ -119,6 +132,7 @@ class HashStore:
         device: str = "cpu",
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         tie_margin: int = DEFAULT_TIE_MARGIN,
+        threads: int | None = 1,
         milvus_uri: str | None = None,
         check_integrity: bool = True,
     ) -> None:
@@ -135,8 +149,14 @@ class HashStore:
         self._meta: MetadataDB | None = None
         try:
             self._meta = MetadataDB(self.data_dir / DB_FILENAME, check_integrity=check_integrity)
-            self._backend: VectorBackend = _make_backend(backend, self.data_dir, device, tie_margin, milvus_uri)
+            self._backend: VectorBackend = _make_backend(
+                backend, self.data_dir, device, tie_margin, threads, milvus_uri
+            )
             self._backend.open(self._meta)
+        except sqlite3.DatabaseError as exc:  # damage that quick_check did not see, met while rebuilding
+            self._meta.close()  # type: ignore[union-attr]
+            self._lock.release()
+            raise StoreCorruptError(corrupt_message(self.data_dir / DB_FILENAME, str(exc))) from exc
         except BaseException:
             if self._meta is not None:
                 self._meta.close()
@@ -209,6 +229,7 @@ class HashStore:
         """Apply a committed change to the backend; on failure rebuild the touched indexes from SQLite."""
         try:
             fn(*args)
+            self._backend.committed(meta, keys)
         except Exception:
             logger.exception("search backend update failed after commit; rebuilding %s from SQLite", sorted(keys))
             for modality, bits in sorted(keys):
@@ -310,9 +331,7 @@ class HashStore:
             self._require_open()
             return self._backend.count(modality, bits)
 
-    def search(
-        self, modality: str, query_codes: np.ndarray, bits: int, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, modality: str, query_codes: np.ndarray, bits: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-nearest items of ``modality`` by Hamming distance.
 
         Args:

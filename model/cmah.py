@@ -136,8 +136,8 @@ class CMAH(nn.Module):
         zero = images.new_zeros(())
         l_c = zero
         if lc.cl_masked:
-            h_iv = enc_m.image_hash(enc["img_vis"][:, 0])
-            h_pv = enc_m.point_hash(enc["pt_vis"][:, 0])
+            h_iv = enc_m.image_hash(enc["img_vis"][:, 0], update_stats=False)
+            h_pv = enc_m.point_hash(enc["pt_vis"][:, 0], update_stats=False)
         for bits in self.cfg.bits:
             if lc.cl_full:
                 l_c = l_c + self.contrastive(h_p[bits], h_i[bits])            # L_ff

@@ -21,6 +21,11 @@ def set_cpu_threads(n: int | None = None) -> int:
     """Use ``n`` intra-op threads (default: CMAH_THREADS or all cores available to this process)."""
     if n is None:
         env = os.environ.get("CMAH_THREADS")
-        n = int(env) if env else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if env:
+            n = int(env)
+        elif hasattr(os, "sched_getaffinity"):
+            n = len(os.sched_getaffinity(0))
+        else:
+            n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()

@@ -122,15 +122,19 @@ def baseline_metrics(q: CodeSet, db: CodeSet, q_labels: np.ndarray, db_labels: n
         log.warning("image and point features differ in width (%d vs %d): baselines skipped",
                     fi.shape[1], fp.shape[1])
         return out
+    usable = [b for b in bits if b <= fi.shape[1]]
+    if len(usable) < len(bits):
+        log.warning("baselines skip code lengths above the feature width %d: %s", fi.shape[1],
+                    [b for b in bits if b > fi.shape[1]])
     for name in BASELINE_NAMES:
         qc: dict[str, dict[int, np.ndarray]] = {"image": {}, "points": {}}
         dc: dict[str, dict[int, np.ndarray]] = {"image": {}, "points": {}}
-        for b in bits:
+        for b in usable:
             h = fit_cross_modal(make_hasher(name, b, seed), [fi, fp])
             for mod in ("image", "points"):
                 qc[mod][b] = h.encode(q.feats[mod])
                 dc[mod][b] = h.encode(db.feats[mod])
-        out[name] = retrieval_metrics(qc, dc, q_labels, db_labels, bits, topk, CROSS, curves=False)
+        out[name] = retrieval_metrics(qc, dc, q_labels, db_labels, usable, topk, CROSS, curves=False)
     return out
 
 
@@ -252,6 +256,9 @@ def format_table(res: dict[str, Any]) -> str:
         for d in dirs:
             cells = []
             for b in bits:
+                if str(b) not in r["map"][d]:
+                    cells.append("-".rjust(17))
+                    continue
                 m, t = r["map"][d][str(b)], r["map_tie_aware"][d][str(b)]
                 cells.append(f"{m:.4f} ({t:.4f})".rjust(17))
             lines.append(f"{name:<10} {d:<5} " + " ".join(cells))

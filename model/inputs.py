@@ -976,13 +976,11 @@ def _parse_pcd(data: bytes, max_bytes: int) -> _Geometry:
     header: dict[str, list[bytes]] = {}
     pos = 0
     data_mode: bytes | None = None
-    nlines = 0
     while pos < len(data) and pos < _MAX_HEADER_BYTES:
         nl = data.find(b"\n", pos)
         end = len(data) if nl < 0 else nl + 1
         line = data[pos:end].strip()
         pos = end
-        nlines += 1
         if not line or line.startswith(b"#"):
             continue
         toks = line.split()
@@ -1389,7 +1387,7 @@ def read_image(source: str | os.PathLike | bytes, *, max_bytes: int = DEFAULT_MA
         msg = f"{type(exc).__name__}: {str(exc)[:200]}"
         if isinstance(exc, EOFError) or "truncat" in str(exc).lower():
             raise InputError("truncated", f"image header is truncated: {msg}") from None
-        raise InputError("garbage", f"cannot open image: {msg}") from None
+        raise InputError("garbage", f"cannot open image (corrupt or unsupported data): {msg}") from None
     try:
         w, h = im.size
         if w <= 0 or h <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from model.config import ABLATIONS, get_config
     from model.device import set_cpu_threads
-    from model.train import Trainer, TrainConfig
+    from model.train import TrainConfig, Trainer
 
     cfg = get_config(args.config).with_loss(**ABLATIONS[args.ablation], contrastive=args.contrastive,
                                             temperature=args.temperature)
@@ -165,6 +166,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from model.renderer import RenderConfig, canonical_view, render, to_uint8
 
+    if not 16 <= args.size <= 4096:
+        raise CLIError(f"--size must be between 16 and 4096 pixels, got {args.size}")
     pts = _read_points_file(args.input)
     view = canonical_view(1)
     if args.view:
@@ -265,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="render a 3D file to a PNG")
     r.add_argument("input")
     r.add_argument("-o", "--output", required=True)
-    r.add_argument("--view", help="AZIM,ELEV in degrees (default: the canonical view)")
+    r.add_argument("--view", help="AZIM,ELEV in degrees (default: the canonical view); "
+                   "write negative angles as --view=-30,10")
     r.add_argument("--size", type=int, default=224)
     r.set_defaults(func=cmd_render)
 
@@ -284,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that yield instead of spinning while they wait: on a small shared machine (2 cores,
+    # other processes running) spinning threads slowed training steps ~3x in our measurements. It must
+    # be set before torch loads its OpenMP runtime, so before any torch import (they are all lazy here).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

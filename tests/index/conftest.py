@@ -101,7 +101,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def open_store(tmp_path: Path, backend: str) -> Iterator[Callable[..., HashStore]]:
-    """``open_store(path=None, **kwargs)`` opens a store of the parametrised backend; all are closed at the end."""
+    """``open_store(path=None, **kwargs)`` opens a store of the parametrised backend; closed at the end."""
     opened: list[HashStore] = []
 
     def _open(path: Path | None = None, **kwargs: object) -> HashStore:

@@ -19,14 +19,18 @@ def _ks(n: int) -> list[int]:
 @pytest.mark.parametrize("bits", BITS_CHOICES)
 @pytest.mark.parametrize("kind", ["random", "clustered"])
 @pytest.mark.parametrize("n", [0, 1, 40, 1500])
-@pytest.mark.parametrize("tie_margin", [1, 32])
+@pytest.mark.parametrize("tie_margin", [1, 128])
+@pytest.mark.parametrize("id_order", ["ascending", "shuffled"])  # band fetch: prefix scan / range search
 def test_faiss_search_matches_reference(
-    ref: SimpleNamespace, rng: np.random.Generator, bits: int, kind: str, n: int, tie_margin: int
+    ref: SimpleNamespace, rng: np.random.Generator, bits: int, kind: str, n: int, tie_margin: int, id_order: str
 ) -> None:
     codes = ref.make_codes(kind, rng, n, bits)
-    ids = rng.choice(10 * n + 10, size=n, replace=False).astype(np.int64)  # ids not in insertion order
-    index = FaissFlatIndex(bits, tie_margin=tie_margin)
+    ids = rng.choice(10 * n + 10, size=n, replace=False).astype(np.int64)
+    if id_order == "ascending":
+        ids.sort()
+    index = FaissFlatIndex(bits, tie_margin=tie_margin, max_tie_margin=tie_margin)
     index.add(ids, codes)
+    assert index._rows_in_id_order == (id_order == "ascending" or n < 2)
     assert index.ntotal == n
     queries = np.concatenate([codes[:6], ref.make_codes(kind, rng, 6, bits)])
     for k in _ks(n):
@@ -41,7 +45,7 @@ def test_duplicate_codes_smallest_ids_win(ref: SimpleNamespace) -> None:
     """200 identical codes: the k-th distance band overflows; the k smallest ids must be returned."""
     codes = np.zeros((200, 8), dtype=np.uint8)
     ids = np.arange(1000, 800, -1, dtype=np.int64)  # inserted in descending id order
-    index = FaissFlatIndex(64, tie_margin=4)
+    index = FaissFlatIndex(64, tie_margin=4, max_tie_margin=4)
     index.add(ids, codes)
     d, i = index.search(codes[:1], 5)
     assert d.tolist() == [[0] * 5]
@@ -60,13 +64,15 @@ def test_sixteen_bit_codes_are_padded_without_changing_distances(ref: SimpleName
 def test_remove_and_readd(ref: SimpleNamespace, rng: np.random.Generator) -> None:
     codes = ref.clustered_codes(rng, 500, 32)
     ids = np.arange(1, 501, dtype=np.int64)
-    index = FaissFlatIndex(32)
+    index = FaissFlatIndex(32, tie_margin=2, max_tie_margin=2)
     index.add(ids, codes)
     gone = ids[::3]
     assert index.remove(np.append(gone, 10_000)) == len(gone)
+    assert index._rows_in_id_order  # removal keeps the order
     keep = np.setdiff1d(ids, gone)
     ref.assert_same(index.search(codes[:8], 20), ref.search(codes[:8], codes[keep - 1], keep, 20))
-    index.add(gone, codes[gone - 1])
+    index.add(gone, codes[gone - 1])  # re-added ids land after larger ones
+    assert not index._rows_in_id_order
     ref.assert_same(index.search(codes[:8], 20), ref.search(codes[:8], codes, ids, 20))
     assert sorted(index.ids().tolist()) == ids.tolist()
 
@@ -99,13 +105,21 @@ def test_resolve_ties_with_adversarial_candidates() -> None:
     all_i = np.array([50, 10, 11, 12, 13, 14, 1])
     cand_d, cand_i = np.array([[0, 1, 1]]), np.array([[50, 14, 13]])  # 3 candidates for k=2
 
-    def fetch(rows: np.ndarray, max_d: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        assert rows.tolist() == [0] and max_d.tolist() == [1]
-        sel = all_d <= max_d[0]
-        return [(all_d[sel], all_i[sel])]
+    def fetch(rows: np.ndarray, band_d: np.ndarray, need: np.ndarray) -> list[np.ndarray]:
+        assert rows.tolist() == [0] and band_d.tolist() == [1] and need.tolist() == [1]
+        return [all_i[all_d == band_d[0]][::-1]]  # any order, more than needed
 
     d, i, n = resolve_ties(cand_d, cand_i, 2, len(all_i), fetch)
     assert (d.tolist(), i.tolist(), n) == ([[0, 1]], [[50, 10]], 1)
     # when the band fits (last candidate strictly farther), no fetch happens
     d, i, n = resolve_ties(np.array([[2, 1, 0]]), np.array([[1, 10, 50]]), 2, 7, fetch)
     assert (d.tolist(), i.tolist(), n) == ([[0, 1]], [[50, 10]], 0)
+
+
+def test_tie_margin_grows_when_bands_overflow(ref: SimpleNamespace, rng: np.random.Generator) -> None:
+    codes = np.repeat(ref.random_codes(rng, 2, 32), 100, axis=0)  # two codes, 100 copies each
+    index = FaissFlatIndex(32, tie_margin=8, max_tie_margin=64)
+    index.add(np.arange(200), codes)
+    for _ in range(5):
+        ref.assert_same(index.search(codes[:1], 3), ref.search(codes[:1], codes, np.arange(200), 3))
+    assert index.tie_margin == 64

@@ -19,9 +19,7 @@ from index.store import DB_FILENAME
 
 def _items(ref: SimpleNamespace, rng: np.random.Generator, n: int, modality: str = "image") -> list[dict]:
     codes = {bits: ref.clustered_codes(rng, n, bits) for bits in BITS_CHOICES}
-    return [
-        {"modality": modality, "name": f"i{j}", "codes": {b: codes[b][j] for b in BITS_CHOICES}} for j in range(n)
-    ]
+    return [{"modality": modality, "name": f"i{j}", "codes": {b: codes[b][j] for b in BITS_CHOICES}} for j in range(n)]
 
 
 def _snapshot_file(data_dir: Path, modality: str = "image", bits: int = 64) -> Path:

@@ -19,9 +19,7 @@ def make_items(rng: np.random.Generator, ref: SimpleNamespace, n: int, modality:
     items = []
     for j in range(n):
         item_codes = {bits: codes[bits][j] for bits in BITS_CHOICES if not (bits == 16 and j % 7 == 3)}
-        items.append(
-            {"modality": modality, "name": f"{modality}-{j}", "label": f"c{j % 5}", "codes": item_codes}
-        )
+        items.append({"modality": modality, "name": f"{modality}-{j}", "label": f"c{j % 5}", "codes": item_codes})
     return items
 
 
@@ -59,13 +57,25 @@ def test_search_matches_reference(open_store, ref, rng, kind: str) -> None:
 def test_get_returns_the_record(open_store, rng) -> None:
     store = open_store()
     code = {16: rng.integers(0, 256, 2, dtype=np.uint8), 64: rng.integers(0, 256, 8, dtype=np.uint8)}
-    rec = ItemRecord(modality="points", name="chair", codes=code, label=None, source="upload",
-                     preview="previews/1.png", item_key="chair-7")
+    rec = ItemRecord(
+        modality="points",
+        name="chair",
+        codes=code,
+        label=None,
+        source="upload",
+        preview="previews/1.png",
+        item_key="chair-7",
+    )
     (item_id,) = store.add([rec])
     got = store.get(item_id)
     assert got is not None and got.id == item_id
     assert (got.modality, got.name, got.label, got.source, got.preview, got.item_key) == (
-        "points", "chair", None, "upload", "previews/1.png", "chair-7"
+        "points",
+        "chair",
+        None,
+        "upload",
+        "previews/1.png",
+        "chair-7",
     )
     assert sorted(got.codes) == [16, 64]
     np.testing.assert_array_equal(got.codes[64], code[64])
@@ -142,8 +152,14 @@ def test_validation_errors(open_store, rng) -> None:
         store.add(good)  # a single dict instead of a list
     assert store.count() == 1  # nothing of a bad batch was added
     q = np.zeros((1, 4), dtype=np.uint8)
-    for args in [("video", q, 32, 1), ("image", q, 24, 1), ("image", q, 32, 0), ("image", q, 64, 1),
-                 ("image", q.astype(np.int32), 32, 1), ("image", q[None], 32, 1)]:
+    for args in [
+        ("video", q, 32, 1),
+        ("image", q, 24, 1),
+        ("image", q, 32, 0),
+        ("image", q, 64, 1),
+        ("image", q.astype(np.int32), 32, 1),
+        ("image", q[None], 32, 1),
+    ]:
         with pytest.raises(ValueError):
             store.search(*args)
     with pytest.raises(ValueError):
@@ -203,3 +219,43 @@ def test_threads(open_store, ref, rng) -> None:
     assert not errors, errors
     assert store.count() == 110
     check_search(store, ref, rng, [10])
+
+
+def test_tie_resolution_through_the_store(open_store, ref, rng, backend, monkeypatch) -> None:
+    """Tiny tie margin: most rows overflow and go through the backend's band fetch."""
+    if backend == "milvus":  # also exercise the id-bound shrinking loop of the Milvus band fetch
+        monkeypatch.setattr("index.milvus_store.MILVUS_MAX_LIMIT", 8)
+    store = open_store(tie_margin=1)
+    items = make_items(rng, ref, 150, "points", "clustered")
+    for j, item in enumerate(items):  # many exact duplicates
+        item["codes"] = items[j % 3]["codes"]
+    store.add(items)
+    check_search(store, ref, rng, [1, 2, 5])
+
+
+def test_backend_follows_sqlite_changes_made_behind_its_back(open_store, ref, rng, tmp_path) -> None:
+    """A change committed to SQLite but never applied to the backend (a crash in between) is picked up."""
+    import sqlite3
+
+    from index.store import DB_FILENAME
+
+    store = open_store(tmp_path / "s")
+    store.add(make_items(rng, ref, 30, "image", "random"))
+    backend_name = store.backend_name
+    store.close()
+    code = ref.random_codes(rng, 1, 64)[0]
+    con = sqlite3.connect(tmp_path / "s" / DB_FILENAME)
+    with con:
+        con.execute(
+            "INSERT INTO items (id, modality, name, source, created, updated, code64) "
+            "VALUES (31, 'image', 'late', '', '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00', ?)",
+            (code.tobytes(),),
+        )
+        con.execute("DELETE FROM items WHERE id = 1")
+        con.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation:image'")
+    con.close()
+    with HashStore(tmp_path / "s", backend_name) as again:
+        assert again.index_count("image", 64) == 30 and again.index_count("image", 32) == 29
+        d, i = again.search("image", code, 64, 1)
+        assert (d[0, 0], i[0, 0]) == (0, 31)
+        check_search(again, ref, rng, [3])

@@ -18,7 +18,7 @@ from model.hash_head import binarize
 from model.losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent, patchify
 from model.masking import random_masking
 from model.pointops import farthest_point_sample, group_points
-from model.train import Trainer, TrainConfig
+from model.train import TrainConfig, Trainer
 from model.weights import MANIFEST_FILE, WEIGHTS_FILE, WeightsError, load_weights, save_weights
 
 
@@ -269,3 +269,32 @@ def test_save_weights_round_trip(tmp_path):
         for bits in TINY.bits:   # fp16 storage: continuous outputs agree to fp16 precision
             assert torch.allclose(model.encode_images(images)[bits], loaded.encode_images(images)[bits], atol=1e-2)
             assert torch.allclose(model.encode_points(points)[bits], loaded.encode_points(points)[bits], atol=1e-2)
+
+
+def test_contrastive_learning_does_not_collapse(synth_npz, tmp_path):
+    """Over-fitting one batch with CL-F only must get well below chance, ln(2B - 1).
+
+    A collapsed model (every input mapped to the same code) sits exactly at chance; this is what the
+    plain FC-ReLU-FC-tanh head did from scratch (see model/hash_head.py)."""
+    torch.manual_seed(0)
+    cfg = TINY.with_loss(cl_masked=False, reconstruction=False, fusion=False)
+    tr = Trainer(cfg, TrainConfig(batch_size=16), load_dataset(synth_npz), tmp_path, show_progress=False)
+    normals, spacing = tr._geometry()
+    images, points = tr.batch(np.arange(0, 96, 6), normals, spacing)
+    opt = torch.optim.AdamW(tr.model.parameters(), lr=1e-3)
+    for _ in range(60):
+        out = tr.model.forward_loss(images, points)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.parts["contrastive"] < 0.6 * math.log(2 * 16 - 1)
+
+
+def test_masked_views_do_not_update_inference_statistics():
+    model = CMAH(TINY).train()
+    head = model.encoder.image_hash.heads["64"]
+    before = head.bn.running_mean.clone()
+    head(torch.randn(8, TINY.image.dim), update_stats=False)
+    assert torch.equal(head.bn.running_mean, before)
+    head(torch.randn(8, TINY.image.dim))
+    assert not torch.equal(head.bn.running_mean, before)

@@ -64,8 +64,6 @@ def test_output_shape_dtype_range(shapes: torch.Tensor, batch: int, size: int) -
         img = render(shapes[:batch], view, cfg)
         assert img.shape == (batch, 3, size, size) and img.dtype == torch.float32
         assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
-        fg = _foreground(img[0], bg=-1)  # every pixel; just the object must be there
-        assert fg.all()
     canon = render_canonical(shapes[:batch], cfg)
     assert canon.shape == (batch, 3, size, size)
     assert (canon < 1).any(dim=1).flatten(1).sum(1).min() > size  # each image shows an object

@@ -49,18 +49,34 @@ def test_encode_is_deterministic(ply_file, tiny_weights, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == a
 
 
-@pytest.mark.parametrize("content,name", [(b"", "empty.ply"), (b"ply\nformat ascii 1.0\nelement vertex 100\n"
-                                          b"property float x\nproperty float y\nproperty float z\nend_header\n"
-                                          b"1 2 3\n", "short.ply"), (b"\x00\x01garbage" * 50, "junk.xyz")])
-def test_bad_3d_file_exits_2_with_one_line(tmp_path, tiny_weights, content, name):
+BAD_FILES = [
+    (b"", "empty.ply"),
+    (b"ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\n"
+     b"end_header\n1 2 3\n", "short.ply"),
+    (b"\x00\x01garbage" * 50, "junk.xyz"),
+    (b"OFF\n4 0 0\n0 0 0\n1 1 1\nnan 0 0\n1 0 1\n", "nan.off"),
+]
+
+
+@pytest.mark.parametrize("content,name", BAD_FILES)
+def test_bad_3d_file_exits_2_with_one_line(tmp_path, tiny_weights, content, name, capsys):
     path = tmp_path / name
     path.write_bytes(content)
     for args in (["encode", str(path), "--weights", str(tiny_weights)], ["render", str(path), "-o",
                                                                          str(tmp_path / "o.png")]):
-        proc = subprocess.run([*CMAH, *args], capture_output=True, text=True)
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0]
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_console_script_bad_file_has_no_traceback(tmp_path, tiny_weights):
+    path = tmp_path / "short.ply"
+    path.write_bytes(BAD_FILES[1][0])
+    proc = subprocess.run([*CMAH, "encode", str(path), "--weights", str(tiny_weights)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "short.ply" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_file_and_bad_dataset_exit_2(tmp_path, tiny_weights, capsys):

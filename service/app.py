@@ -1,0 +1,191 @@
+"""The FastAPI application: ``create_app(settings)`` and ``run_server`` (used by ``cmah serve``).
+
+Start-up (lifespan): load the encoder, open the hash store, start the inference engine (warm-up) and
+the job runner; then, on a background thread, build the demo gallery if the store is empty and flip
+``/ready`` once a search works. Shutdown stops the workers and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from index.records import MODALITIES
+from index.store import HashStore
+
+from .engine import InferenceEngine
+from .errors import install_error_handlers
+from .indexing import ItemWriter, build_demo_gallery
+from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
+from .metrics import LatencyMiddleware, Metrics
+from .routes import ROUTERS
+from .settings import Settings
+from .state import ServiceState
+from .uploads import MULTIPART_OVERHEAD, BodyLimitMiddleware
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "0.1.0"
+
+
+def _set_threads(settings: Settings) -> None:
+    import torch
+
+    from model.device import set_cpu_threads
+
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    else:
+        set_cpu_threads()
+    logger.info("torch intra-op threads: %d", torch.get_num_threads())
+
+
+def _start(state: ServiceState) -> None:
+    """Load the model and open the store (blocking; run in a worker thread)."""
+    from model.encode import Encoder
+
+    s = state.settings
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    _set_threads(s)
+    state.status = "loading model"
+    state.encoder = Encoder.from_weights(s.weights_dir, device=s.device)
+    logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
+                state.encoder.device)
+    state.status = "opening index"
+    state.store = HashStore(s.data_dir, backend=s.backend)
+    engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
+                             on_batch=state.metrics.observe_batch)
+    state.status = "warming up"
+    engine.start()
+    state.engine = engine
+    state.writer = ItemWriter(s.data_dir, state.store, state.encoder, engine.model_lock)
+    state.jobs = JobStore(s.data_dir / JOB_DB)
+    runner = JobRunner(state.jobs, state.writer, s.data_dir / UPLOAD_DIR, max_file_bytes=s.max_upload_bytes,
+                       max_pixels=s.max_pixels, batch_size=s.job_batch_size,
+                       on_finished=lambda st: state.metrics.jobs.labels(state=st).inc())
+    runner.start()
+    state.runner = runner
+
+
+def _search_works(state: ServiceState) -> bool:
+    assert state.store is not None and state.encoder is not None
+    bits = max(state.encoder.bits)
+    for modality in MODALITIES:
+        state.store.search(modality, np.zeros(bits // 8, dtype=np.uint8), bits, 1)
+    return True
+
+
+def _prepare_gallery(state: ServiceState, stop: threading.Event) -> None:
+    """Build the demo gallery when the store is empty, then mark the service ready."""
+    s = state.settings
+    try:
+        assert state.store is not None and state.writer is not None
+        if s.build_demo_gallery and state.store.count() == 0:
+            state.status = "building demo gallery"
+
+            def progress(done: int, total: int) -> None:
+                state.status = f"building demo gallery ({done}/{total})"
+                if stop.is_set():
+                    raise InterruptedError("shutdown")
+
+            build_demo_gallery(state.writer, s.demo_data, s.job_batch_size, progress)
+        if _search_works(state):
+            state.ready = True
+            state.status = "ready"
+            logger.info("service ready (%d items)", state.store.count())
+    except InterruptedError:
+        state.status = "stopped"
+    except Exception as exc:
+        logger.exception("start-up failed")
+        state.status = f"start-up failed: {type(exc).__name__}: {exc}"
+
+
+def _stop(state: ServiceState) -> None:
+    state.ready = False
+    state.status = "stopping"
+    if state.runner is not None:
+        state.runner.stop()
+    if state.engine is not None:
+        state.engine.stop()
+    if state.jobs is not None:
+        state.jobs.close()
+    if state.store is not None:
+        state.store.close()
+    state.runner = state.engine = state.jobs = state.store = state.writer = None
+    state.status = "stopped"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.cmah
+    stop = threading.Event()
+    gallery: threading.Thread | None = None
+    try:
+        await run_in_threadpool(_start, state)
+        gallery = threading.Thread(target=_prepare_gallery, args=(state, stop), name="cmah-gallery", daemon=True)
+        gallery.start()
+        yield
+    finally:
+        stop.set()
+        if gallery is not None:
+            await run_in_threadpool(gallery.join)
+        await run_in_threadpool(_stop, state)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app; nothing is loaded until its lifespan starts."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+    app = FastAPI(title="CMAH retrieval service", version=API_VERSION, lifespan=lifespan,
+                  description="Cross-modal hashing retrieval between images and 3D point clouds.")
+    app.state.cmah = state
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    def body_limit(path: str) -> int | None:
+        if path.startswith("/api/v1/admin/"):
+            return settings.max_job_upload_bytes + MULTIPART_OVERHEAD
+        if path.startswith("/api/"):
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD
+        return None
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(LatencyMiddleware, metrics=lambda: metrics)
+    return app
+
+
+def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None) -> int:
+    """Serve the app with uvicorn until interrupted; returns the exit code (1 when start-up failed).
+
+    Raises:
+        WeightsError: the weights directory is not usable (checked before the server starts).
+    """
+    import uvicorn
+
+    from model.weights import SHIPPED_WEIGHTS_DIR, read_manifest
+
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("service", "index", "model"):  # `cmah` may have configured logging already (WARNING)
+        logging.getLogger(name).setLevel(level)
+    read_manifest(settings.weights_dir or SHIPPED_WEIGHTS_DIR)  # fail fast, with one line, on missing weights
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level=settings.log_level.lower()))
+    server.run()
+    return 0 if server.started else 1

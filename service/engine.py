@@ -1,0 +1,207 @@
+"""Inference engine with dynamic batching.
+
+Callers (request handlers on the event loop) :meth:`InferenceEngine.encode` one preprocessed tensor;
+a single worker thread collects queued requests of the same kind into a batch of up to ``max_batch``
+items, waiting at most ``max_wait_ms`` after the oldest request arrived, runs the model once and
+hands every caller its own codes. If a batch fails, its items are retried one by one so that one bad
+item fails only its own caller. The queue is bounded: beyond ``max_pending`` waiting requests
+:class:`QueueFull` is raised (answered as 503 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.encode import Encoder
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("image", "points")
+Codes = dict[int, np.ndarray]
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting for the model."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine is not running (not started yet, or shutting down)."""
+
+
+@dataclass
+class _Request:
+    kind: str
+    tensor: torch.Tensor
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class InferenceEngine:
+    """Batches encode requests onto one model.
+
+    Args:
+        encoder: the model wrapper.
+        max_batch: most items per model call.
+        max_wait_ms: longest wait for more items after the oldest queued request arrived.
+        max_pending: most requests waiting in the queue.
+        on_batch: called with ``(kind, size)`` after each model call (metrics).
+    """
+
+    def __init__(self, encoder: Encoder, max_batch: int = 32, max_wait_ms: float = 5.0, max_pending: int = 256,
+                 on_batch: Callable[[str, int], None] | None = None):
+        self.encoder = encoder
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.max_pending = max(1, int(max_pending))
+        self.on_batch = on_batch
+        #: Held around every model call; bulk indexing takes it too so the model runs one call at a time.
+        self.model_lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.batches = 0
+        self.items = 0
+        self.largest_batch = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, warm_up: bool = True) -> None:
+        if self._thread is not None:
+            return
+        if warm_up:
+            self.warm_up()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="cmah-inference", daemon=True)
+        self._thread.start()
+
+    def warm_up(self) -> None:
+        """One model call of each kind, so the first request does not pay for lazy initialisation."""
+        t0 = time.perf_counter()
+        enc = self.encoder
+        with self.model_lock:
+            enc.encode_image_tensors(torch.zeros(1, 3, enc.image_size, enc.image_size))
+            pts = torch.randn(1, enc.num_points, 3, generator=torch.Generator().manual_seed(0))
+            enc.encode_point_tensors(pts / pts.norm(dim=-1).max())
+        logger.info("inference engine warmed up in %.0f ms", (time.perf_counter() - t0) * 1000)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._cv:
+            while self._queue:
+                req = self._queue.popleft()
+                if req.future.set_running_or_notify_cancel():
+                    req.future.set_exception(EngineStopped("the inference engine is shutting down"))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, kind: str, tensor: torch.Tensor) -> concurrent.futures.Future:
+        """Queue one preprocessed item (image [3, S, S] or points [n, 3]); the future gets ``{bits: code}``."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        req = _Request(kind, tensor)
+        with self._cv:
+            if not self.running:
+                raise EngineStopped("the inference engine is not running")
+            if len(self._queue) >= self.max_pending:
+                raise QueueFull(f"{len(self._queue)} requests are already waiting for the model")
+            self._queue.append(req)
+            self._cv.notify_all()
+        return req.future
+
+    async def encode(self, kind: str, tensor: torch.Tensor) -> Codes:
+        """Awaitable :meth:`submit`."""
+        return await asyncio.wrap_future(self.submit(kind, tensor))
+
+    # ------------------------------------------------------------------ worker
+    def _same_kind(self, kind: str) -> int:
+        return sum(1 for r in self._queue if r.kind == kind)
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cv:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cv.wait()
+            first = self._queue[0]
+            deadline = first.enqueued + self.max_wait
+            while not self._stopping and self._same_kind(first.kind) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+            batch: list[_Request] = []
+            rest: deque[_Request] = deque()
+            for req in self._queue:
+                if req.kind == first.kind and len(batch) < self.max_batch:
+                    batch.append(req)
+                else:
+                    rest.append(req)
+            self._queue = rest
+        return [r for r in batch if r.future.set_running_or_notify_cancel()]
+
+    def _encode(self, kind: str, tensors: list[torch.Tensor]) -> dict[int, np.ndarray]:
+        x = torch.stack(tensors)
+        with self.model_lock:
+            if kind == "image":
+                return self.encoder.encode_image_tensors(x)
+            return self.encoder.encode_point_tensors(x)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        kind = batch[0].kind
+        try:
+            codes = self._encode(kind, [r.tensor for r in batch])
+        except Exception:
+            if len(batch) == 1:
+                logger.warning("encoding one %s item failed", kind, exc_info=True)
+                batch[0].future.set_exception(RuntimeError(f"the model could not encode this {kind} input"))
+                return
+            logger.warning("a batch of %d %s items failed; retrying them one by one", len(batch), kind)
+            for req in batch:
+                self._run_batch([req])
+            return
+        self.batches += 1
+        self.items += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        if self.on_batch is not None:
+            try:
+                self.on_batch(kind, len(batch))
+            except Exception:
+                logger.debug("on_batch callback failed", exc_info=True)
+        for i, req in enumerate(batch):
+            req.future.set_result({b: c[i] for b, c in codes.items()})
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # never let the worker die
+                    logger.exception("inference worker error")
+                    for req in batch:
+                        if not req.future.done():
+                            req.future.set_exception(exc)

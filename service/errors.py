@@ -1,0 +1,103 @@
+"""Errors and their JSON form ``{"error": code, "detail": message}`` (never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.inputs import InputError
+
+logger = logging.getLogger(__name__)
+
+#: HTTP status of each :class:`~model.inputs.InputError` code.
+INPUT_ERROR_STATUS: dict[str, int] = {
+    "empty": 400,
+    "truncated": 400,
+    "garbage": 400,
+    "count_mismatch": 400,
+    "absurd_count": 400,
+    "unreadable": 400,
+    "unsupported_format": 415,
+    "not_an_image": 415,
+    "not_a_3d_file": 415,
+    "missing_xyz": 422,
+    "non_finite": 422,
+    "too_few_points": 422,
+    "too_many_points": 422,
+    "zero_extent": 422,
+    "too_large": 413,
+    "image_bomb": 413,
+}
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+                 422: "invalid_request", 503: "unavailable"}
+
+
+class APIError(Exception):
+    """An error answered as ``status`` with ``{"error": code, "detail": detail}``."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """The request body passed the size limit while it was being received."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _input_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)
+    return error_response(INPUT_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "invalid_request", _validation_message(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,84 @@
+"""``POST /api/v1/search/{query}-to-{target}``: cross- and same-modal search by an uploaded file."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, File, Query, UploadFile
+from pydantic import AfterValidator
+from starlette.concurrency import run_in_threadpool
+
+from index.records import ItemRecord
+from model.inputs import load_points, read_image
+
+from ..engine import QueueFull
+from ..errors import APIError
+from ..schemas import ErrorBody, SearchHit, SearchResponse
+from ..state import Running, RunningDep
+from ..uploads import read_upload
+
+router = APIRouter(prefix="/api/v1/search", tags=["search"])
+
+K = Annotated[int, Query(ge=1, le=1000, description="number of results")]
+BITS_CHOICES = (16, 32, 64)
+
+
+def _check_bits(value: int) -> int:
+    if value not in BITS_CHOICES:
+        raise ValueError(f"bits must be one of {list(BITS_CHOICES)}")
+    return value
+
+
+Bits = Annotated[int, AfterValidator(_check_bits),
+                 Query(description="code length: 16, 32 or 64", json_schema_extra={"enum": list(BITS_CHOICES)})]
+Upload = Annotated[UploadFile, File(description="the query file")]
+
+ERRORS = {s: {"model": ErrorBody} for s in (400, 413, 415, 422, 503)}
+
+
+def preview_url(rec: ItemRecord) -> str | None:
+    return f"/api/v1/items/{rec.id}/preview.png" if rec.preview else None
+
+
+def _preprocess(run: Running, kind: str, data: bytes, filename: str | None) -> torch.Tensor:
+    s = run.settings
+    if kind == "image":
+        return run.encoder.image_tensor(read_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels))
+    return run.encoder.points_tensor(load_points(data, name=filename, max_bytes=s.max_upload_bytes))[0]
+
+
+async def search(run: Running, file: UploadFile, query: str, target: str, k: int, bits: int) -> SearchResponse:
+    t0 = time.perf_counter()
+    if bits not in run.encoder.bits:
+        raise APIError(422, "invalid_request", f"bits must be one of {list(run.encoder.bits)} for these weights")
+    data = await read_upload(file, run.settings.max_upload_bytes)
+    tensor = await run_in_threadpool(_preprocess, run, query, data, file.filename)
+    try:
+        codes = await run.engine.encode(query, tensor)
+    except QueueFull as exc:
+        raise APIError(503, "overloaded", f"the service is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
+    dist, ids = await run_in_threadpool(run.store.search, target, codes[bits], bits, k)
+    pairs = [(int(i), int(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
+    records = await run_in_threadpool(run.store.get_many, [i for i, _ in pairs])
+    hits = [SearchHit(rank=r + 1, id=i, distance=d, name=rec.name, label=rec.label, preview_url=preview_url(rec))
+            for r, ((i, d), rec) in enumerate(zip(pairs, records, strict=True)) if rec is not None]
+    return SearchResponse(bits=bits, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 3), results=hits)
+
+
+def _route(query: str, target: str, summary: str) -> None:
+    async def endpoint(run: RunningDep, file: Upload, k: K = 10, bits: Bits = 64) -> SearchResponse:
+        return await search(run, file, query, target, k, bits)
+
+    path_q = "points" if query == "points" else "image"
+    path_t = "points" if target == "points" else "images"
+    endpoint.__name__ = f"search_{path_q}_to_{path_t}"
+    router.add_api_route(f"/{path_q}-to-{path_t}", endpoint, methods=["POST"], response_model=SearchResponse,
+                         summary=summary, responses=ERRORS)
+
+
+_route("image", "points", "Find 3D point clouds matching an image")
+_route("points", "image", "Find images matching a 3D file")
+_route("image", "image", "Find images matching an image")
+_route("points", "points", "Find 3D point clouds matching a 3D file")

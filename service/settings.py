@@ -1,0 +1,36 @@
+"""Service configuration: environment variables with the ``CMAH_`` prefix (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The demo set indexed into an empty store at start-up (319 ModelNet40 shapes).
+DEMO_DATA = Path(__file__).resolve().parent.parent / "model" / "assets" / "demo_modelnet40.npz"
+
+
+class Settings(BaseSettings):
+    """Every knob of the HTTP service; see docs/api.md for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="CMAH_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./.cmah-data")
+    weights_dir: Path | None = None
+    device: str = "auto"
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_job_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+    admin_token: SecretStr | None = None
+    backend: Literal["faiss", "milvus"] = "faiss"
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_pending: int = Field(256, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    build_demo_gallery: bool = True
+    demo_data: Path = DEMO_DATA
+    job_batch_size: int = Field(32, ge=1)
+    cors_origins: list[str] = []
+    log_level: str = "INFO"

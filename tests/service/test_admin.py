@@ -1,0 +1,144 @@
+"""Admin routes: bearer auth, background indexing jobs (npz and zip), persistence across restarts."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from svc_helpers import admin_headers, ply_bytes, png_bytes, wait_ready
+
+from model.dataset import load_dataset, save_dataset
+from service.app import create_app
+from service.jobs import JOB_DB, JobStore
+
+JOBS = "/api/v1/admin/jobs"
+
+
+def wait_job(client: TestClient, job_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"{JOBS}/{job_id}", headers=admin_headers()).json()
+        if body["state"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+@pytest.fixture(scope="module")
+def job_npz(tmp_path_factory, synth_npz) -> Path:
+    ds = load_dataset(synth_npz)
+    idx = np.arange(3, len(ds), 19)[:5]
+    path = tmp_path_factory.mktemp("job") / "five.npz"
+    save_dataset(path, ds.points[idx], ds.labels[idx], np.array([f"job_{i}" for i in idx]), ds.classes)
+    return path
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({}, 401, "unauthorized"),
+    ({"Authorization": "Basic abc"}, 401, "unauthorized"),
+    (admin_headers("wrong-token"), 403, "forbidden"),
+])
+def test_admin_auth(client, headers, status, code):
+    for method, url in (("post", JOBS), ("get", f"{JOBS}/x"), ("delete", "/api/v1/admin/items/1")):
+        r = getattr(client, method)(url, headers=headers)
+        assert (r.status_code, r.json()["error"]) == (status, code)
+
+
+def test_admin_disabled_without_token(make_settings, tmp_path):
+    with TestClient(create_app(make_settings(tmp_path, admin_token=None, build_demo_gallery=False))) as c:
+        r = c.post(JOBS, headers=admin_headers())
+        assert r.status_code == 403 and "CMAH_ADMIN_TOKEN is not set" in r.json()["detail"]
+
+
+def test_job_rejects_other_files(client):
+    r = client.post(JOBS, files={"file": ("shape.ply", b"ply\n")}, headers=admin_headers())
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_format"
+    r = client.post(JOBS, files={"file": ("fake.zip", b"not a zip at all")}, headers=admin_headers())
+    assert r.status_code == 415
+
+
+def test_npz_job_indexes_searchable_items_and_survives_restart(make_settings, tmp_path, job_npz):
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        before = c.get("/ready").json()["items"]
+        r = c.post(JOBS, files={"file": ("five.npz", job_npz.read_bytes())}, headers=admin_headers())
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        assert r.headers["location"] == f"{JOBS}/{job_id}"
+        job = wait_job(c, job_id)
+        assert (job["state"], job["total"], job["done"], job["failed"], job["errors"]) == \
+            ("succeeded", 5, 5, 0, [])
+        assert c.get("/ready").json()["items"] == before + 10
+        # a job item is found by its own cloud, as points and as its render
+        ds = load_dataset(job_npz)
+        hits = c.post("/api/v1/search/points-to-points", files={"file": ("q.ply", ply_bytes(ds.points[0]))},
+                      params={"k": 1000}).json()["results"]
+        names = {h["name"]: h for h in hits}
+        assert "job_3" in names and names["job_3"]["label"] == str(ds.classes[ds.labels[0]])
+        hits = c.post("/api/v1/search/points-to-images", files={"file": ("q.ply", ply_bytes(ds.points[0]))},
+                      params={"k": 1000}).json()["results"]
+        assert sum(h["name"].startswith("job_") for h in hits) == 5
+    # a job left "running" by a crashed process
+    jobs = JobStore(tmp_path / JOB_DB)
+    stale = jobs.create("zip", "crashed.zip")
+    jobs.update(stale.id, state="running", total=10, done=4)
+    jobs.close()
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        job = c.get(f"{JOBS}/{job_id}", headers=admin_headers()).json()
+        assert job["state"] == "succeeded" and job["done"] == 5
+        stale_body = c.get(f"{JOBS}/{stale.id}", headers=admin_headers()).json()
+        assert stale_body["state"] == "failed" and stale_body["error"] == "interrupted by restart"
+        assert stale_body["done"] == 4
+        assert c.get("/ready").json()["items"] == before + 10  # no second demo gallery
+
+
+def test_zip_job_with_labels_and_bad_files(client, shape_points):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("set/red.png", png_bytes(color=(220, 20, 20)))
+        zf.writestr("set/chair.ply", ply_bytes(shape_points[2]))
+        zf.writestr("set/broken.ply", ply_bytes(shape_points[2], binary=True)[:300])
+        zf.writestr("set/notes.png", b"hello")
+        zf.writestr("set/labels.csv", "file,label\nred.png,redthing\nset/chair.ply,chair\n")
+        zf.writestr("__MACOSX/._red.png", b"junk")
+    r = client.post(JOBS, files={"file": ("batch.zip", buf.getvalue())}, headers=admin_headers())
+    assert r.status_code == 202
+    job = wait_job(client, r.json()["job_id"])
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("succeeded", 4, 2, 2)
+    assert {(e["name"], e["error"]) for e in job["errors"]} == {("set/broken.ply", "truncated"),
+                                                               ("set/notes.png", "not_an_image")}
+    store = client.app.state.cmah.store
+    added = [r for r in store.get_many(range(1, 200)) if r is not None and r.source == f"job:{job['id']}"]
+    assert sorted((r.modality, r.name, r.label) for r in added) == [
+        ("image", "set/chair.ply", "chair"), ("image", "set/red.png", "redthing"), ("points", "set/chair.ply", "chair")]
+
+
+def test_bad_npz_job_fails_with_reason(client):
+    buf = io.BytesIO()
+    np.savez(buf, points=np.zeros((2, 3)))
+    r = client.post(JOBS, files={"file": ("bad.npz", buf.getvalue())}, headers=admin_headers())
+    assert r.status_code == 202
+    job = wait_job(client, r.json()["job_id"])
+    assert job["state"] == "failed" and "missing array" in job["error"] and "bad.npz" in job["error"]
+
+
+def test_unknown_job_is_404(client):
+    r = client.get(f"{JOBS}/nope", headers=admin_headers())
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_delete_item(client):
+    store = client.app.state.cmah.store
+    victim = max(r.id for r in store.get_many(range(1, 200)) if r is not None)
+    r = client.delete(f"/api/v1/admin/items/{victim}", headers=admin_headers())
+    assert r.status_code == 200 and r.json() == {"deleted": victim}
+    assert client.get(f"/api/v1/items/{victim}").status_code == 404
+    r = client.delete(f"/api/v1/admin/items/{victim}", headers=admin_headers())
+    assert r.status_code == 404

@@ -1,0 +1,58 @@
+"""Settings from CMAH_* variables, and run_server (the entry point of `cmah serve`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import DEMO_DATA, Settings
+
+
+def test_defaults(monkeypatch):
+    for var in ("CMAH_DATA_DIR", "CMAH_ADMIN_TOKEN", "CMAH_MAX_BATCH"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings(_env_file=None)
+    assert s.data_dir == Path(".cmah-data") and s.weights_dir is None and s.device == "auto"
+    assert s.max_upload_bytes == 32 * 1024 * 1024 and s.admin_token is None and s.backend == "faiss"
+    assert (s.max_batch, s.max_wait_ms, s.max_pending) == (32, 5.0, 256)
+    assert s.build_demo_gallery is True and s.demo_data == DEMO_DATA and s.cors_origins == []
+
+
+def test_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CMAH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CMAH_ADMIN_TOKEN", "zq-secret-77")
+    monkeypatch.setenv("CMAH_MAX_BATCH", "8")
+    monkeypatch.setenv("CMAH_CORS_ORIGINS", '["http://localhost:3000"]')
+    monkeypatch.setenv("CMAH_BUILD_DEMO_GALLERY", "false")
+    s = Settings(_env_file=None)
+    assert s.data_dir == tmp_path and s.admin_token.get_secret_value() == "zq-secret-77" and s.max_batch == 8
+    assert s.cors_origins == ["http://localhost:3000"] and s.build_demo_gallery is False
+    assert "zq-secret-77" not in repr(s)
+
+
+def test_run_server_passes_host_port_and_data_dir(monkeypatch, tmp_path, tiny_weights):
+    import uvicorn
+
+    from service.app import run_server
+
+    seen = {}
+
+    def fake_run(self, sockets=None):
+        seen.update(app=self.config.app, host=self.config.host, port=self.config.port)
+        self.started = True
+
+    monkeypatch.setenv("CMAH_WEIGHTS_DIR", str(tiny_weights))
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    assert run_server(host="0.0.0.0", port=8123, data_dir=str(tmp_path / "d")) == 0
+    assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
+    assert seen["app"].state.cmah.settings.data_dir == tmp_path / "d"
+
+
+def test_run_server_refuses_missing_weights(monkeypatch, tmp_path):
+    from model.weights import WeightsError
+    from service.app import run_server
+
+    monkeypatch.setenv("CMAH_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsError, match="manifest"):
+        run_server(data_dir=str(tmp_path / "d"))
