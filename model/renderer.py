@@ -77,13 +77,14 @@ def canonical_view(batch: int, device: torch.device | str = "cpu") -> ViewParams
 
 
 def random_view(batch: int, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> ViewParams:
-    """Training views: any azimuth, elevation in [-15, 60] deg, random light, colours and backgrounds."""
+                device: torch.device | str = "cpu", azim_spread: float = 360.0) -> ViewParams:
+    """Training views: azimuth within ``azim_spread`` degrees centred on the canonical azimuth (360 = any),
+    elevation in [-15, 60] deg, random light, colours and backgrounds."""
 
     def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=generator)
 
-    azim = u(batch, hi=360.0)
+    azim = CANONICAL_AZIM + u(batch, lo=-azim_spread / 2, hi=azim_spread / 2)
     elev = u(batch, lo=-15.0, hi=60.0)
     dist = u(batch, lo=2.2, hi=3.2)
     light = torch.stack([u(batch, lo=-1, hi=1), u(batch, lo=-0.2, hi=1), u(batch, lo=0.3, hi=1)], dim=-1)

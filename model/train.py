@@ -61,6 +61,10 @@ class TrainConfig:
     checkpoint_every_min: float = 5.0
     log_every: int = 10
     grad_clip: float = 3.0
+    #: training image views: azimuth range (degrees, centred on the canonical view; 360 = any azimuth)
+    view_azim_spread: float = 360.0
+    #: rotate training point clouds about z (off: keep the dataset's aligned orientation)
+    rotate_points: bool = True
     compile: bool = False                # torch.compile the model (GPU)
     amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
 
@@ -131,7 +135,7 @@ class Trainer:
         self.model = CMAH(cfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                                      betas=(0.9, 0.999))
-        self.augment = PointAugment()
+        self.augment = PointAugment(rotate_z=tc.rotate_points)
         self.render_cfg = render_config_for(cfg)
         self.gen = torch.Generator().manual_seed(tc.seed)
         self.step, self.epoch, self.history = 0, 0, []
@@ -161,7 +165,7 @@ class Trainer:
         """One training pair batch: rendered images [B, 3, H, W] and augmented points [B, N, 3]."""
         pts = torch.from_numpy(self.data.points[idx]).float()
         with torch.no_grad():
-            view = random_view(len(idx), self.gen)
+            view = random_view(len(idx), self.gen, azim_spread=self.tc.view_azim_spread)
             images = render(pts.to(self.device), view, self.render_cfg,
                             torch.from_numpy(normals[idx]).float().to(self.device),
                             torch.from_numpy(spacing[idx]).float().to(self.device))

@@ -2,8 +2,9 @@
 # Idempotent development set-up: a virtual environment in .venv/ at the repository root with
 # torch/torchvision (pinned by scripts/constraints.txt) and the project installed editable with its
 # dev extras. Safe to run from any directory and as often as you like: when the stamp in .venv
-# (a hash of pyproject.toml, scripts/constraints.txt, this script and the Python version) matches,
-# it does nothing. See docs/development.md.
+# (a hash of pyproject.toml, scripts/constraints.txt, this script, scripts/install.sh and the Python
+# version) matches, it does nothing. The pip installs are scripts/install.sh (shared with the Docker
+# images). See docs/development.md.
 #
 # Environment: PYTHON=/path/to/python3.11+ picks the interpreter for a new venv (default: the first
 # of python3, python3.13, python3.12, python3.11 that is 3.11 or newer).
@@ -14,10 +15,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=.venv
 CONSTRAINTS=scripts/constraints.txt
 STAMP="$VENV/.cmah-setup-stamp"
-# System (apt) packages the project needs. None today: everything comes from wheels (we use no
-# open3d, whose CPU wheel would want libgl1/libgomp1). Entries are "package" or "package:command";
-# a package counts as missing when `command -v command` fails, or else when dpkg does not list it.
-SYSTEM_PACKAGES=()
+# System (apt) packages the project needs; everything else comes from wheels (we use no open3d,
+# whose CPU wheel would want libgl1/libgomp1). chromium: the browser of tests/service/test_ui_browser.py
+# and scripts/ui_screenshot.py (Playwright drives /usr/bin/chromium; it cannot download its own).
+# Entries are "package" or "package:command"; a package counts as missing when `command -v command`
+# fails, or else when dpkg does not list it.
+SYSTEM_PACKAGES=(chromium:chromium)
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -76,7 +79,7 @@ find_python() {
 
 stamp_value() {
     {
-        cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh
+        cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh scripts/install.sh
         "$VENV/bin/python" -VV 2>/dev/null || true
     } | sha256sum | cut -d' ' -f1
 }
@@ -120,12 +123,11 @@ if ! venv_ok; then
     fi
 fi
 
-PIP=("$VENV/bin/python" -m pip install -q --progress-bar off --disable-pip-version-check -c "$CONSTRAINTS")
 t0=$SECONDS
-log "installing torch + torchvision (pinned in $CONSTRAINTS)"
-"${PIP[@]}" torch torchvision
-log "installing the project, editable, with dev extras"
-"${PIP[@]}" -e ".[dev]"
+# The pip part is scripts/install.sh, shared with docker/Dockerfile*: torch + torchvision pinned in
+# $CONSTRAINTS, then the project, editable, with the dev extras.
+log "installing torch + torchvision (pinned in $CONSTRAINTS) and the project, editable, with dev extras"
+bash scripts/install.sh --editable --extras dev --no-check "$VENV"
 [[ -x "$VENV/bin/cmah" ]] || die "$VENV/bin/cmah is missing after the install"
 "$VENV/bin/python" -c 'import torch, torchvision' || die "torch / torchvision do not import"
 

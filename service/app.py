@@ -60,7 +60,7 @@ def _start(state: ServiceState) -> None:
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"
-    state.store = HashStore(s.data_dir, backend=s.backend)
+    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
                              on_batch=state.metrics.observe_batch)
     state.status = "warming up"
@@ -151,6 +151,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    from fastapi.responses import FileResponse  # the web UI (docs/ui.md): the page at /, its files under /ui/
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(__file__).parent / "static"
+    app.mount("/ui", StaticFiles(directory=static), name="ui")
+    app.add_api_route("/", lambda: FileResponse(static / "index.html"), include_in_schema=False)
 
     def body_limit(path: str) -> int | None:
         if path.startswith("/api/v1/admin/"):

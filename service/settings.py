@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     admin_token: SecretStr | None = None
     backend: Literal["faiss", "milvus"] = "faiss"
+    #: Milvus server URI for backend="milvus" (e.g. http://milvus:19530); unset: a milvus-lite file in data_dir
+    milvus_uri: str | None = None
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_pending: int = Field(256, ge=1)

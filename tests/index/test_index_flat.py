@@ -123,3 +123,13 @@ def test_tie_margin_grows_when_bands_overflow(ref: SimpleNamespace, rng: np.rand
     for _ in range(5):
         ref.assert_same(index.search(codes[:1], 3), ref.search(codes[:1], codes, np.arange(200), 3))
     assert index.tie_margin == 64
+
+
+def test_huge_ids(ref: SimpleNamespace, rng: np.random.Generator) -> None:
+    """Ids beyond the packed sort key (>= 2**47) take the two-key sort."""
+    codes = ref.clustered_codes(rng, 300, 64)
+    ids = (1 << 60) + rng.choice(10_000, size=300, replace=False).astype(np.int64)
+    index = FaissFlatIndex(64, tie_margin=2, max_tie_margin=2)
+    index.add(ids, codes)
+    for k in (1, 10, 300):
+        ref.assert_same(index.search(codes[:6], k), ref.search(codes[:6], codes, ids, k))

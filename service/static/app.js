@@ -1,0 +1,504 @@
+// CMAH web UI: search by an uploaded picture or 3D file, show ranked matches, open point clouds in a
+// 3D viewer; admin tab for indexing jobs. Plain ES module, no framework; all listeners set here
+// (no inline handlers), so the page works under a strict Content-Security-Policy.
+
+const API = 'api/v1';
+const POINT_EXTENSIONS = ['ply', 'off', 'obj', 'pcd', 'xyz', 'txt', 'csv', 'pts', 'npy'];
+const TOKEN_KEY = 'cmah.adminToken';
+const TARGET_NAMES = { points: '3D point clouds', images: 'images' };
+const QUERY_NAMES = { image: 'picture', points: '3D file' };
+
+const $ = (id) => document.getElementById(id);
+
+/** An error answered by the API (`{"error", "detail"}`) or a failed request. */
+class ApiError extends Error {
+  constructor(status, code, detail) {
+    super(detail);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+async function request(url, options = {}) {
+  let resp;
+  try {
+    resp = await fetch(url, options);
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, 'network_error', 'Could not reach the service (network error). A very large upload may '
+      + 'have been cut off at the size limit.');
+  }
+  if (resp.ok) return resp;
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch {
+    // not JSON: fall through
+  }
+  if (body && typeof body.error === 'string') {
+    throw new ApiError(resp.status, body.error, String(body.detail ?? body.error));
+  }
+  throw new ApiError(resp.status, `http_${resp.status}`, `The service answered ${resp.status} ${resp.statusText}`.trim());
+}
+
+function showError(box, err) {
+  box.replaceChildren();
+  if (!err) {
+    box.hidden = true;
+    return;
+  }
+  const detail = document.createElement('span');
+  detail.className = 'error-detail';
+  detail.textContent = err.detail || err.message || String(err);
+  box.append(detail);
+  if (err instanceof ApiError) {
+    const code = document.createElement('span');
+    code.className = 'error-code';
+    code.textContent = err.status ? `${err.code} (HTTP ${err.status})` : err.code;
+    box.append(code);
+  }
+  box.dataset.code = err.code || '';
+  box.hidden = false;
+}
+
+function extension(name) {
+  const m = /\.([^./\\]+)$/.exec(name || '');
+  return m ? m[1].toLowerCase() : '';
+}
+
+async function fileKind(file) {
+  const ext = extension(file.name);
+  if (POINT_EXTENSIONS.includes(ext)) return 'points';
+  if (file.type.startsWith('image/')) return 'image';
+  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  const starts = (...b) => b.every((v, i) => head[i] === v);
+  const isImage = starts(0x89, 0x50, 0x4e, 0x47) || starts(0xff, 0xd8, 0xff) || starts(0x47, 0x49, 0x46)
+    || starts(0x42, 0x4d) || starts(0x49, 0x49, 0x2a) || starts(0x4d, 0x4d, 0x00, 0x2a)
+    || (starts(0x52, 0x49, 0x46, 0x46) && head[8] === 0x57 && head[9] === 0x45);
+  return isImage ? 'image' : 'points';
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// --- 3D viewers (three.js loaded on first use) ------------------------------------------------------
+let viewerModule = null;
+async function loadViewerModule() {
+  viewerModule ??= import('./viewer.js');
+  return viewerModule;
+}
+
+function viewerMessage(container, text) {
+  let msg = container.querySelector('.viewer-message');
+  if (!text) {
+    msg?.remove();
+    return;
+  }
+  if (!msg) {
+    msg = document.createElement('p');
+    msg.className = 'viewer-message';
+    container.append(msg);
+  }
+  msg.textContent = text;
+}
+
+const viewers = new Map();
+async function getViewer(container, label) {
+  if (viewers.has(container)) return viewers.get(container);
+  const mod = await loadViewerModule();
+  try {
+    const v = new mod.PointViewer(container, label);
+    viewers.set(container, v);
+    return v;
+  } catch (err) {
+    throw new Error(`3D view unavailable: WebGL is not available in this browser (${err.message || err})`);
+  }
+}
+
+/** Show `xyz` (or an error message) in `container`; never throws. Sets data-state for tests. */
+async function showPoints(container, label, loadXyz) {
+  container.dataset.state = 'loading';
+  viewerMessage(container, 'Loading 3D view…');
+  try {
+    const viewer = await getViewer(container, label);
+    viewer.clear();
+    const xyz = await loadXyz((await loadViewerModule()).parsePoints);
+    const n = viewer.setPoints(xyz);
+    viewerMessage(container, '');
+    container.dataset.state = 'shown';
+    container.dataset.points = String(n);
+  } catch (err) {
+    viewers.get(container)?.clear();
+    viewerMessage(container, err.detail || err.message || String(err));
+    container.dataset.state = 'error';
+  }
+}
+
+// --- Search ---------------------------------------------------------------------------------------
+const form = $('search-form');
+const fileInput = $('file');
+const dropzone = $('dropzone');
+const resultsList = $('results');
+const statusText = $('search-status-text');
+const spinner = $('spinner');
+const searchError = $('search-error');
+const searchButton = $('search-button');
+
+let query = null; // { file, kind }
+let inflight = null;
+let queryImageUrl = null;
+
+function target() {
+  return form.elements.target.value;
+}
+
+async function setQueryFile(file) {
+  if (!file) return;
+  const kind = await fileKind(file);
+  query = { file, kind };
+  // Cross-modal by default: pictures find point clouds, 3D files find pictures.
+  form.elements.target.value = kind === 'image' ? 'points' : 'images';
+  const img = $('query-image');
+  const viewerBox = $('query-viewer');
+  $('query-preview').hidden = false;
+  $('query-caption').textContent = `${file.name} · ${formatBytes(file.size)} · ${QUERY_NAMES[kind]}`;
+  if (queryImageUrl) URL.revokeObjectURL(queryImageUrl);
+  queryImageUrl = null;
+  if (kind === 'image') {
+    queryImageUrl = URL.createObjectURL(file);
+    img.src = queryImageUrl;
+    img.alt = `Query picture ${file.name}`;
+    img.hidden = false;
+    viewerBox.hidden = true;
+  } else {
+    img.hidden = true;
+    img.removeAttribute('src');
+    viewerBox.hidden = false;
+    showPoints(viewerBox, `Query point cloud ${file.name}`,
+      async (parse) => parse(await file.arrayBuffer(), file.name));
+  }
+  searchButton.disabled = false;
+  runSearch();
+}
+
+function setBusy(busy) {
+  spinner.hidden = !busy;
+  resultsList.classList.toggle('busy', busy);
+  resultsList.setAttribute('aria-busy', String(busy));
+  searchButton.disabled = busy || !query;
+  form.setAttribute('aria-busy', String(busy));
+}
+
+async function runSearch() {
+  if (!query) return;
+  if (!form.checkValidity()) {
+    form.reportValidity();
+    return;
+  }
+  inflight?.abort();
+  const controller = new AbortController();
+  inflight = controller;
+  const { file, kind } = query;
+  const tgt = target();
+  const k = Number(form.elements.k.value);
+  const bits = Number(form.elements.bits.value);
+  const endpoint = `${kind === 'image' ? 'image' : 'points'}-to-${tgt}`;
+  const body = new FormData();
+  body.append('file', file, file.name);
+  setBusy(true);
+  showError(searchError, null);
+  statusText.textContent = `Searching ${TARGET_NAMES[tgt]}…`;
+  try {
+    const resp = await request(`${API}/search/${endpoint}?k=${k}&bits=${bits}`,
+      { method: 'POST', body, signal: controller.signal });
+    const data = await resp.json();
+    if (controller !== inflight) return;
+    renderResults(data.results, tgt);
+    const n = data.results.length;
+    statusText.textContent = `${n} result${n === 1 ? '' : 's'} in ${data.took_ms} ms · ${data.bits}-bit codes · `
+      + `${QUERY_NAMES[kind]} → ${TARGET_NAMES[tgt]}`;
+    resultsList.dataset.endpoint = endpoint;
+  } catch (err) {
+    if (err.name === 'AbortError' || controller !== inflight) return;
+    resultsList.replaceChildren();
+    delete resultsList.dataset.endpoint;
+    statusText.textContent = 'Search failed.';
+    showError(searchError, err);
+  } finally {
+    if (controller === inflight) {
+      inflight = null;
+      setBusy(false);
+    }
+  }
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === 'class') node.className = value;
+    else if (key === 'dataset') Object.assign(node.dataset, value);
+    else if (key in node && typeof value !== 'string') node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+function renderResults(results, tgt) {
+  const modality = tgt === 'points' ? 'points' : 'image';
+  const loading = results.length > 50 ? 'lazy' : 'eager'; // lazy only for long lists
+  const items = results.map((hit) => {
+    const picture = hit.preview_url
+      ? el('img', { src: hit.preview_url, alt: '', loading, width: '256', height: '256' })
+      : el('div', { class: 'no-preview' }, 'no preview');
+    const meta = el('div', { class: 'meta' },
+      el('div', { class: 'line' },
+        el('span', { class: 'rank', title: 'rank' }, `#${hit.rank}`),
+        el('span', { class: 'distance', title: 'Hamming distance' }, `distance ${hit.distance}`)),
+      el('div', { class: 'name' }, hit.name),
+      el('div', { class: 'line' },
+        hit.label ? el('span', { class: 'label' }, hit.label) : el('span', { class: 'label-none' }, 'no label'),
+        modality === 'points' ? el('span', { class: 'open-3d', 'aria-hidden': 'true' }, '3D ▸') : null));
+    const description = `Rank ${hit.rank}: ${hit.name}${hit.label ? `, ${hit.label}` : ''}, distance ${hit.distance}`;
+    let inner;
+    if (modality === 'points') {
+      inner = el('button', { type: 'button', 'aria-label': `${description}. Open in the 3D viewer` }, picture, meta);
+      inner.addEventListener('click', () => openViewer(hit));
+    } else if (hit.preview_url) {
+      inner = el('a', { href: hit.preview_url, target: '_blank', rel: 'noopener',
+                        'aria-label': `${description}. Open the picture` }, picture, meta);
+    } else {
+      inner = el('div', { 'aria-label': description }, picture, meta);
+    }
+    return el('li', { class: 'result', dataset: { id: String(hit.id), modality, rank: String(hit.rank) } }, inner);
+  });
+  resultsList.replaceChildren(...items);
+  resultsList.dataset.modality = modality;
+}
+
+// Drag and drop onto the drop zone (or anywhere on the search panel).
+for (const type of ['dragenter', 'dragover']) {
+  dropzone.addEventListener(type, (e) => {
+    e.preventDefault();
+    dropzone.classList.add('dragover');
+  });
+}
+for (const type of ['dragleave', 'drop']) {
+  dropzone.addEventListener(type, () => dropzone.classList.remove('dragover'));
+}
+dropzone.addEventListener('drop', (e) => {
+  e.preventDefault();
+  const file = e.dataTransfer?.files?.[0];
+  if (file) setQueryFile(file);
+});
+// A file dropped outside the zone must not navigate away from the page.
+window.addEventListener('dragover', (e) => e.preventDefault());
+window.addEventListener('drop', (e) => e.preventDefault());
+
+fileInput.addEventListener('change', () => setQueryFile(fileInput.files[0]));
+form.addEventListener('submit', (e) => {
+  e.preventDefault();
+  runSearch();
+});
+for (const name of ['bits', 'k']) form.elements[name].addEventListener('change', () => runSearch());
+for (const radio of form.elements.target) radio.addEventListener('change', () => runSearch());
+
+// --- Viewer dialog --------------------------------------------------------------------------------
+const dialog = $('viewer-dialog');
+const dialogViewer = $('dialog-viewer');
+
+function openViewer(hit) {
+  $('viewer-title').textContent = `${hit.name}${hit.label ? ` (${hit.label})` : ''} · item ${hit.id}`;
+  const url = `${API}/items/${hit.id}/points.ply`;
+  $('viewer-download').href = url;
+  $('viewer-download').setAttribute('download', `${hit.name}.ply`);
+  showError($('viewer-error'), null);
+  dialog.dataset.id = String(hit.id);
+  dialog.showModal();
+  showPoints(dialogViewer, `Point cloud ${hit.name}`, async (parse) => {
+    try {
+      const resp = await request(url);
+      return parse(await resp.arrayBuffer(), 'points.ply');
+    } catch (err) {
+      if (err instanceof ApiError) showError($('viewer-error'), err);
+      throw err;
+    }
+  }).then(() => dialogViewer.querySelector('canvas')?.focus());
+}
+
+$('viewer-close').addEventListener('click', () => dialog.close());
+dialog.addEventListener('click', (e) => {
+  if (e.target === dialog) dialog.close(); // a click on the backdrop
+});
+
+// --- Tabs -----------------------------------------------------------------------------------------
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+
+function selectTab(tab, focus = true) {
+  for (const t of tabs) {
+    const selected = t === tab;
+    t.setAttribute('aria-selected', String(selected));
+    t.tabIndex = selected ? 0 : -1;
+    $(t.getAttribute('aria-controls')).hidden = !selected;
+  }
+  if (focus) tab.focus();
+  history.replaceState(null, '', tab.id === 'tab-admin' ? '#admin' : '#');
+}
+
+for (const tab of tabs) {
+  tab.addEventListener('click', () => selectTab(tab));
+  tab.addEventListener('keydown', (e) => {
+    const i = tabs.indexOf(tab);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (next !== undefined) {
+      e.preventDefault();
+      selectTab(tabs[(next + tabs.length) % tabs.length]);
+    }
+  });
+}
+if (location.hash === '#admin') selectTab($('tab-admin'), false);
+
+// --- Admin ----------------------------------------------------------------------------------------
+const tokenInput = $('token');
+const adminError = $('admin-error');
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || '';
+}
+
+function tokenStatus() {
+  $('token-status').textContent = token() ? 'A token is saved for this tab.' : 'No token saved.';
+}
+
+tokenInput.value = token();
+tokenStatus();
+$('token-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const value = tokenInput.value.trim();
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  tokenStatus();
+});
+$('token-forget').addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  tokenInput.value = '';
+  tokenStatus();
+});
+
+function authHeaders() {
+  const t = tokenInput.value.trim() || token();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+/** POST the job file with XMLHttpRequest (fetch has no upload progress); resolves to the parsed body. */
+function uploadJob(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `${API}/admin/jobs`);
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+    xhr.responseType = 'json';
+    xhr.upload.addEventListener('progress', (e) => e.lengthComputable && onProgress(e.loaded, e.total));
+    xhr.addEventListener('load', () => {
+      const body = xhr.response;
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
+      else if (body && typeof body.error === 'string') reject(new ApiError(xhr.status, body.error, body.detail));
+      else reject(new ApiError(xhr.status, `http_${xhr.status}`, `The service answered ${xhr.status}`));
+    });
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'network_error',
+      'Could not reach the service (network error). The upload may be above the size limit.')));
+    const body = new FormData();
+    body.append('file', file, file.name);
+    xhr.send(body);
+  });
+}
+
+const jobBox = $('job');
+const progress = $('job-progress');
+const jobStatus = $('job-status');
+let pollTimer = null;
+
+function showJob(job) {
+  const finished = job.done + job.failed;
+  progress.max = Math.max(job.total, 1);
+  progress.value = job.state === 'succeeded' ? progress.max : Math.min(finished, progress.max);
+  $('job-progress-label').textContent = `Indexing ${job.filename}`;
+  const counts = job.total ? `${job.done} indexed, ${job.failed} failed, of ${job.total}` : 'preparing';
+  jobStatus.textContent = `Job ${job.id.slice(0, 8)}: ${job.state} · ${counts}${job.error ? ` · ${job.error}` : ''}`;
+  jobBox.dataset.state = job.state;
+  const list = $('job-errors');
+  list.replaceChildren(...job.errors.map((e) => el('li', {},
+    el('strong', {}, e.name || '(archive)'), ': ', el('code', {}, e.error), ` ${e.detail}`)));
+  $('job-errors-box').hidden = job.errors.length === 0;
+  $('job-errors-summary').textContent = `Failures (${job.failed}${job.failed > job.errors.length ? `, first ${job.errors.length} listed` : ''})`;
+  if (job.error) showError(adminError, new ApiError(0, 'job_failed', `The job failed: ${job.error}`));
+}
+
+async function pollJob(statusUrl) {
+  clearTimeout(pollTimer);
+  try {
+    const resp = await request(statusUrl.replace(/^\//, ''), { headers: authHeaders() });
+    const job = await resp.json();
+    showJob(job);
+    if (job.state === 'queued' || job.state === 'running') pollTimer = setTimeout(() => pollJob(statusUrl), 700);
+    else $('job-button').disabled = false;
+  } catch (err) {
+    showError(adminError, err);
+    $('job-button').disabled = false;
+  }
+}
+
+$('job-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const file = $('job-file').files[0];
+  showError(adminError, null);
+  if (!file) {
+    showError(adminError, new Error('Choose a .npz or .zip file first.'));
+    return;
+  }
+  clearTimeout(pollTimer);
+  $('job-button').disabled = true;
+  jobBox.hidden = false;
+  $('job-errors-box').hidden = true;
+  delete jobBox.dataset.state;
+  $('job-progress-label').textContent = `Uploading ${file.name}`;
+  progress.max = 1;
+  progress.value = 0;
+  jobStatus.textContent = `Uploading ${formatBytes(file.size)}…`;
+  try {
+    const created = await uploadJob(file, (loaded, total) => {
+      progress.max = total;
+      progress.value = loaded;
+      jobStatus.textContent = `Uploading: ${formatBytes(loaded)} of ${formatBytes(total)}`;
+    });
+    jobStatus.textContent = 'Uploaded; waiting for the job to start…';
+    pollJob(created.status_url);
+  } catch (err) {
+    jobBox.hidden = true;
+    showError(adminError, err);
+    $('job-button').disabled = false;
+  }
+});
+
+// --- Readiness banner -----------------------------------------------------------------------------
+async function checkReady() {
+  const banner = $('ready-banner');
+  try {
+    const resp = await fetch('ready', { cache: 'no-store' });
+    const body = await resp.json();
+    if (body.ready) {
+      banner.hidden = true;
+      document.body.dataset.ready = 'true';
+      return;
+    }
+    banner.textContent = `The service is starting: ${body.detail}. Searches will work once it is ready.`;
+  } catch {
+    banner.textContent = 'The service cannot be reached.';
+  }
+  banner.hidden = false;
+  setTimeout(checkReady, 2000);
+}
+checkReady();

@@ -1,0 +1,308 @@
+"""The web UI (``service/static``, served at ``/``) in a real browser against a real server.
+
+A ``cmah serve``-style server (``service.app.run_server``) runs in a subprocess on 127.0.0.1 with tiny
+random weights and the 12-shape synthetic gallery; Playwright drives Debian's ``/usr/bin/chromium``
+(no browser download; ``CMAH_CHROMIUM`` names another executable). The page is served with a strict
+Content-Security-Policy and any JavaScript error or CSP violation fails the test. Screenshots of each
+state go to ``test-artifacts/ui/``.
+
+Skipped when chromium or the ``playwright`` package is missing, except in CI (``CI`` set), where that
+is a failure: ``scripts/setup.sh`` installs both (chromium with apt, as root).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from svc_helpers import ADMIN_TOKEN, ply_bytes, png_bytes
+
+CHROMIUM = Path(os.environ.get("CMAH_CHROMIUM", "/usr/bin/chromium"))
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+READY_TIMEOUT_S = 180.0
+TIMEOUT_MS = 30_000
+#: Every result thumbnail has loaded (a function, not an expression: those would need eval, which the CSP forbids).
+IMAGES_LOADED = "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} is missing (apt-get install chromium; scripts/setup.sh does it when run as root)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is missing (pip install -e '.[dev]')"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, demo_npz: Path) -> Iterator[str]:
+    """Base URL of a real server process (tiny weights, 12-shape gallery, admin token set)."""
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test cannot run in CI: {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("ui-server")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMAH_")}
+    env.update(CMAH_DATA_DIR=str(root / "data"), CMAH_WEIGHTS_DIR=str(tiny_weights), CMAH_DEMO_DATA=str(demo_npz),
+               CMAH_DEVICE="cpu", CMAH_TORCH_THREADS="1", CMAH_ADMIN_TOKEN=ADMIN_TOKEN, CMAH_JOB_BATCH_SIZE="8",
+               CMAH_MAX_UPLOAD_BYTES=str(1024 * 1024), CMAH_LOG_LEVEL="WARNING")
+    code = f"from service.app import run_server; raise SystemExit(run_server('127.0.0.1', {port}))"
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while _get(f"{url}/ready") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server not ready (exit code {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+#: A strict policy the page must work under (the service may add one later): nothing inline, no eval.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A fresh page (own context: empty sessionStorage) on the UI, served with :data:`CSP`; fails the
+    test on any JavaScript error or CSP violation."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+
+    def with_csp(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
+
+    context.route(f"{server}/", with_csp)
+    context.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+                            "(e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(f"{server}/")
+    pg.wait_for_selector("body[data-ready='true']", state="attached")
+    yield pg
+    violations = pg.evaluate("window.__csp")
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not violations, f"Content-Security-Policy violations: {violations}"
+
+
+def _shot(pg: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _upload(pg: Any, name: str, data: bytes, mime: str) -> None:
+    pg.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def test_image_query_lists_k_point_clouds_and_opens_one_in_3d(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.fill("#k", "5")
+    _upload(page, "red-square.png", png_bytes(64), "image/png")
+    expect(page.locator("#query-image")).to_be_visible()
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "image-to-points")
+    results = page.locator("#results > li.result")
+    expect(results).to_have_count(5)
+    assert results.evaluate_all("els => els.map(e => e.dataset.rank)") == ["1", "2", "3", "4", "5"]
+    assert set(results.evaluate_all("els => els.map(e => e.dataset.modality)")) == {"points"}
+    expect(page.locator("#search-status-text")).to_contain_text("5 results in")
+    expect(page.locator("#search-status-text")).to_contain_text(" ms")
+    expect(page.locator("#search-error")).to_be_hidden()
+    expect(page.locator("#spinner")).to_be_hidden()
+    page.wait_for_function(IMAGES_LOADED)
+    _shot(page, "image-query-results")
+
+    page.locator("#results > li.result button").first.click()
+    dialog = page.locator("#viewer-dialog")
+    expect(dialog).to_be_visible()
+    viewer = page.locator("#dialog-viewer")
+    expect(viewer).to_have_attribute("data-state", "shown")
+    expect(viewer).to_have_attribute("data-points", "1024")
+    expect(viewer.locator("canvas")).to_be_focused()
+    page.keyboard.press("ArrowLeft")  # keyboard orbit; must not raise
+    _shot(page, "point-cloud-viewer")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def test_3d_query_lists_images_and_same_modality_is_selectable(page: Any, shape_points: np.ndarray) -> None:
+    from playwright.sync_api import expect
+
+    _upload(page, "shape.ply", ply_bytes(shape_points[0]), "application/octet-stream")
+    query_viewer = page.locator("#query-viewer")
+    expect(query_viewer).to_have_attribute("data-state", "shown")
+    expect(query_viewer).to_have_attribute("data-points", "1024")
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "points-to-images")
+    results = page.locator("#results > li.result")
+    expect(results).to_have_count(10)
+    assert set(results.evaluate_all("els => els.map(e => e.dataset.modality)")) == {"image"}
+    srcs = page.locator("#results img").evaluate_all("els => els.map(e => e.getAttribute('src'))")
+    assert len(srcs) == 10 and all(s.endswith("/preview.png") for s in srcs)
+    page.wait_for_function(IMAGES_LOADED)
+    expect(page.locator("input[name=target][value=images]")).to_be_checked()
+    _shot(page, "3d-query-results")
+
+    page.locator("input[name=target][value=points]").check()  # same modality: points -> points
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "points-to-points")
+    expect(results).to_have_count(10)
+
+
+def test_bad_3d_file_shows_the_api_error(page: Any, server: str) -> None:
+    from playwright.sync_api import expect
+
+    garbage = bytes(range(256)) * 8
+    answer = httpx.post(f"{server}/api/v1/search/points-to-images", files={"file": ("x.ply", garbage)}, timeout=30)
+    assert answer.status_code in (400, 415, 422)
+    body = answer.json()
+
+    _upload(page, "x.ply", garbage, "application/octet-stream")
+    error = page.locator("#search-error")
+    expect(error).to_be_visible()
+    expect(error).to_have_attribute("role", "alert")
+    expect(error).to_contain_text(body["detail"])
+    expect(error).to_contain_text(f"{body['error']} (HTTP {answer.status_code})")
+    expect(page.locator("#results > li")).to_have_count(0)
+    expect(page.locator("#spinner")).to_be_hidden()
+    expect(page.locator("#query-viewer")).to_have_attribute("data-state", "error")  # the browser cannot show it
+    _shot(page, "bad-file-error")
+
+
+def test_admin_tab_uploads_a_dataset_and_follows_the_job(page: Any, demo_npz: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.focus("#tab-search")
+    page.keyboard.press("ArrowRight")  # tabs are keyboard operable
+    expect(page.locator("#tab-admin")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#panel-admin")).to_be_visible()
+    expect(page.locator("#panel-search")).to_be_hidden()
+
+    page.fill("#token", "wrong-token")
+    page.click("#token-form button[type=submit]")
+    page.set_input_files("#job-file", str(demo_npz))
+    page.click("#job-button")
+    expect(page.locator("#admin-error")).to_contain_text("forbidden (HTTP 403)")
+
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#token-form button[type=submit]")
+    assert page.evaluate("sessionStorage.getItem('cmah.adminToken')") == ADMIN_TOKEN
+    page.click("#job-button")
+    job = page.locator("#job")
+    expect(job).to_have_attribute("data-state", "succeeded")
+    expect(page.locator("#admin-error")).to_be_hidden()
+    expect(page.locator("#job-status")).to_contain_text("12 indexed, 0 failed, of 12")
+    assert page.evaluate("document.getElementById('job-progress').value") == 12
+    _shot(page, "admin-job")
+
+
+def _format_samples(cloud: np.ndarray) -> dict[str, tuple[bytes, int]]:
+    """One small file per 3D format the page displays, with the point count the viewer must show
+    (meshes: their vertices plus 8192 points sampled on the faces)."""
+    n = len(cloud)
+    rows = "\n".join(f"{x:.5f} {y:.5f} {z:.5f}" for x, y, z in cloud)
+    npy32, npy64 = io.BytesIO(), io.BytesIO()
+    np.save(npy32, cloud.astype(np.float32))
+    np.save(npy64, np.concatenate([cloud, cloud], axis=1).astype(np.float64))
+    tetra = "0 0 0\n1 0 0\n0 1 0\n0 0 1"
+    pcd_head = (f"# .PCD v0.7\nVERSION 0.7\nFIELDS x y z i\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\n"
+                f"WIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\n")
+    with_i = np.concatenate([cloud, np.ones((n, 1))], axis=1).astype("<f4")
+    return {
+        "a.ply": (ply_bytes(cloud), n),
+        "b.ply": (ply_bytes(cloud, binary=True), n),
+        "c.xyz": (rows.encode(), n),
+        "d.txt": (rows.replace(" ", ", ").encode(), n),
+        "e.csv": (("x,y,z\n" + rows.replace(" ", ",")).encode(), n),
+        "f.npy": (npy32.getvalue(), n),
+        "g.npy": (npy64.getvalue(), n),
+        "h.off": (f"OFF\n4 4 0\n{tetra}\n3 0 1 2\n3 0 1 3\n3 0 2 3\n3 1 2 3\n".encode(), 4 + 8192),
+        "i.obj": (("# tetra\n" + "\n".join(f"v {v}" for v in tetra.split("\n"))
+                   + "\nvn 0 0 1\nf 1 2 3\nf 1//1 2//1 4//1\nf -4/1 -2/1 -1/1\n").encode(), 4 + 8192),
+        "j.pcd": ((pcd_head + "DATA ascii\n" + "\n".join(" ".join(map(str, r)) for r in with_i)).encode(), n),
+        "k.pcd": ((pcd_head + "DATA binary\n").encode() + with_i.tobytes(), n),
+    }
+
+
+def test_query_viewer_reads_every_3d_format(page: Any, shape_points: np.ndarray) -> None:
+    """The page's own readers (service/static/formats.js) of the formats the 3D viewer shows."""
+    from playwright.sync_api import expect
+
+    cloud = shape_points[2][:200].astype(np.float64)
+    for name, (data, count) in _format_samples(cloud).items():
+        got = page.evaluate("""async ([name, b64]) => {
+            const { parsePoints } = await import('./ui/formats.js');
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            return parsePoints(bytes.buffer, name).length / 3;
+        }""", [name, base64.b64encode(data).decode()])
+        assert got == count, name
+    _upload(page, "shape.npy", _format_samples(cloud)["f.npy"][0], "application/octet-stream")
+    expect(page.locator("#query-viewer")).to_have_attribute("data-points", "200")
+    expect(page.locator("#results > li.result")).to_have_count(10)
+
+
+def test_phone_width_layout(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    _upload(page, "red-square.png", png_bytes(64, (30, 30, 200)), "image/png")
+    expect(page.locator("#results > li.result")).to_have_count(10)
+    page.wait_for_function(IMAGES_LOADED)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "horizontal overflow"
+    _shot(page, "phone")
