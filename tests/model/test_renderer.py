@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.renderer import (
+    CANONICAL_AZIM,
     CANONICAL_DIST,
     RenderConfig,
     ViewParams,
@@ -105,12 +106,16 @@ def test_random_view_reproducible_with_seed(shapes: torch.Tensor) -> None:
 
 def test_random_view_ranges() -> None:
     v = random_view(500, torch.Generator().manual_seed(0))
-    assert ((v.azim >= 0) & (v.azim <= 360)).all() and ((v.elev >= -15) & (v.elev <= 60)).all()
+    lo, hi = CANONICAL_AZIM - 180, CANONICAL_AZIM + 180
+    assert ((v.azim >= lo) & (v.azim <= hi)).all() and ((v.elev >= -15) & (v.elev <= 60)).all()
     assert ((v.dist >= 2.2) & (v.dist <= 3.2)).all()
     assert torch.allclose(v.light.norm(dim=-1), torch.ones(500), atol=1e-5)
     for t in (v.color, v.bg_top, v.bg_bottom):
         assert ((t >= 0) & (t <= 1)).all()
     assert v.azim.std() > 50  # actually spread over the circle
+    narrow = random_view(500, torch.Generator().manual_seed(0), azim_spread=60.0)
+    assert ((narrow.azim >= CANONICAL_AZIM - 30) & (narrow.azim <= CANONICAL_AZIM + 30)).all()
+    assert narrow.azim.std() > 10
 
 
 def test_precomputed_geometry_gives_the_same_image(shapes: torch.Tensor) -> None:
