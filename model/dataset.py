@@ -76,9 +76,9 @@ def load_dataset(path: str | Path) -> PointDataset:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path}: a single .npy array, expected an .npz with {list(REQUIRED_KEYS)}")
     with npz:
-        if not hasattr(npz, "files"):
-            raise DatasetError(f"{path}: a single .npy array, expected an .npz with {list(REQUIRED_KEYS)}")
         missing = [k for k in REQUIRED_KEYS if k not in npz.files]
         if missing:
             raise DatasetError(f"{path}: missing array(s) {missing}; found {sorted(npz.files)}")
@@ -138,7 +138,10 @@ def make_split(n: int, seed: int = SPLIT_SEED, n_query: int | None = None,
     """The documented split: seeded permutation; first ``n_query`` are queries, the rest retrieval.
 
     ``n_train`` (default: the whole retrieval set) training indices are the first ones of the
-    retrieval set in that permutation. Indices within each part are sorted (file order).
+    retrieval set in that permutation. Each part keeps the permutation's (random) order: dataset files
+    such as ModelNet40's are sorted by class, and mAP breaks Hamming ties in database order, so a
+    class-sorted database would reward codes that merely tie (same-class items would sit together
+    inside every tie group).
     """
     if n < 2:
         raise DatasetError(f"a split needs at least 2 shapes, got {n}")
@@ -149,4 +152,4 @@ def make_split(n: int, seed: int = SPLIT_SEED, n_query: int | None = None,
     query, retrieval = perm[:n_query], perm[n_query:]
     n_train = len(retrieval) if n_train is None else int(min(max(n_train, 1), len(retrieval)))
     train = retrieval[:n_train]
-    return Split(np.sort(query), np.sort(retrieval), np.sort(train))
+    return Split(query, retrieval, train)
