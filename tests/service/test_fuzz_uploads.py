@@ -28,6 +28,9 @@ from svc_helpers import png_bytes
 
 from model.inputs import write_ply
 
+#: Pillow warns about the corrupt EXIF blocks that random TIFF bytes contain; the reader ignores them.
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
 IMG = "/api/v1/search/image-to-points"
 PTS = "/api/v1/search/points-to-images"
 #: Examples per fuzz test (override with CMAH_FUZZ_EXAMPLES for a quick or a long run).
