@@ -29,3 +29,17 @@ def set_cpu_threads(n: int | None = None) -> int:
             n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def cpu_name() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo (falls back to ``platform``), for benchmark reports."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

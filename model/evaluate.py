@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 from . import metrics
 from .baselines import fit_cross_modal, make_hasher
 from .dataset import PointDataset, load_dataset, make_split
+from .device import cpu_name
 from .encode import Encoder, time_call
 from .weights import WEIGHTS_FILE
 
@@ -167,15 +167,7 @@ def weights_sha(weights_dir: str | Path) -> str:
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def evaluate(enc: Encoder, data: EvalData, bits: Sequence[int] = (16, 32, 64), topk: int = 2000,
