@@ -47,24 +47,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.device import cpu_name  # noqa: E402
+
 DEMO = ROOT / "model" / "assets" / "demo_modelnet40.npz"
 ROUTES = ("image-to-points", "points-to-images", "image-to-images", "points-to-points")
 MAX_SECONDS = 600.0
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def proc_status(pid: int | None) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` of a process in KiB (empty when unknown)."""
     if pid is None:
