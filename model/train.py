@@ -44,7 +44,7 @@ GEOMETRY_FILE = "geometry_cache.npz"
 class TrainConfig:
     epochs: int = 40
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 3e-4
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
@@ -64,7 +64,7 @@ class TrainConfig:
     #: training image views: azimuth range (degrees, centred on the canonical view; 360 = any azimuth)
     view_azim_spread: float = 360.0
     #: rotate training point clouds about z (off: keep the dataset's aligned orientation)
-    rotate_points: bool = True
+    rotate_points: bool = False
     compile: bool = False                # torch.compile the model (GPU)
     amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
 

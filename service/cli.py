@@ -84,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                      schedule=args.schedule, seed=args.seed, n_train=args.n_train,
                      time_limit_min=args.time_limit_min, time_budget_min=args.time_budget_min,
-                     max_steps=args.max_steps, compile=args.compile, warmup_epochs=args.warmup_epochs)
+                     max_steps=args.max_steps, compile=args.compile, warmup_epochs=args.warmup_epochs,
+                     rotate_points=args.rotate_points, view_azim_spread=args.view_azim_spread)
     set_cpu_threads(args.threads)
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
@@ -222,10 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, help="override the preset's image resolution")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--min-lr", type=float, default=1e-5)
     t.add_argument("--warmup-epochs", type=float, default=1.0)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    t.add_argument("--rotate-points", action="store_true",
+                   help="rotate training clouds about z (default: keep the dataset's aligned orientation)")
+    t.add_argument("--view-azim-spread", type=float, default=360.0,
+                   help="training image azimuths, degrees around the canonical view (360 = any)")
     t.add_argument("--time-budget-min", type=float, help="train for this wall time (cosine over time)")
     t.add_argument("--time-limit-min", type=float, help="stop (resumable) after this wall time")
     t.add_argument("--max-steps", type=int)
