@@ -12,7 +12,7 @@ bulk indexing and the HTTP service, so every caller preprocesses exactly the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,17 +142,6 @@ class Encoder:
                 add("points_feat", self.point_features(pts))
                 add("image_feat", self.image_features(imgs))
         return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def batched(items: Iterable, size: int) -> Iterable[list]:
-    batch: list = []
-    for it in items:
-        batch.append(it)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def time_call(fn: Callable[[], object], repeats: int = 100, warmup: int = 10) -> float:
