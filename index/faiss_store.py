@@ -40,11 +40,13 @@ class FaissBackend:
         accelerator_factory: Callable[[], Accelerator] | None = None,
         tie_margin: int = DEFAULT_TIE_MARGIN,
         threads: int | None = None,
+        mih: bool = True,
     ) -> None:
         self.snapshot_dir = Path(data_dir) / "snapshots"
         self._accelerator_factory = accelerator_factory
         self._tie_margin = tie_margin
         self._threads = threads
+        self._mih = mih
         self._indexes: dict[Key, FaissFlatIndex] = {}
         self._dirty: set[Key] = set()
 
@@ -55,7 +57,9 @@ class FaissBackend:
 
     def _new_index(self, bits: int) -> FaissFlatIndex:
         accel = self._accelerator_factory() if self._accelerator_factory else None
-        return FaissFlatIndex(bits, tie_margin=self._tie_margin, accelerator=accel, threads=self._threads)
+        return FaissFlatIndex(
+            bits, tie_margin=self._tie_margin, accelerator=accel, threads=self._threads, mih=self._mih
+        )
 
     def _expected(self, meta: MetadataDB, modality: str, bits: int) -> SnapshotHeader:
         return SnapshotHeader(
@@ -96,7 +100,7 @@ class FaissBackend:
             )
         try:
             index = FaissFlatIndex.deserialize(
-                expected.bits, payload, tie_margin=self._tie_margin, threads=self._threads
+                expected.bits, payload, tie_margin=self._tie_margin, threads=self._threads, mih=self._mih
             )
         except ValueError as exc:
             raise SnapshotError(f"snapshot {path} is corrupt: {exc}") from exc

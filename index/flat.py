@@ -4,6 +4,12 @@ Codes live in a ``faiss.IndexBinaryFlat`` wrapped by ``faiss.IndexBinaryIDMap2``
 their stable int64 ids (the SQLite row ids) and can be removed. Search is an exhaustive Hamming scan
 (exact), post-processed by :func:`index.exact.resolve_ties` into the package's deterministic order.
 
+**Multi-index hashing (default CPU path).** Queries are first answered by an exact sub-linear
+multi-index-hashing search (:mod:`index.mih`) over bucket tables built from the stored codes; a
+query whose estimated MIH cost would exceed about one scan (very clustered codes, large ``k``,
+long codes at large radii) falls back to the scan, so the result is always exact. The tables are
+rebuilt lazily after changes (see :meth:`FaissFlatIndex._ready_mih`); ``mih=False`` turns it off.
+
 16-bit codes are stored zero-padded to 32 bits: FAISS has no specialised Hamming kernel for 2-byte
 codes and its generic path is ~7x slower than the 4-byte one (see ``docs/benchmarks-search.md``);
 padding both database and query codes with the same zero bytes leaves every distance unchanged.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -22,6 +29,7 @@ import numpy as np
 
 from index.codes import as_codes, check_bits
 from index.exact import BandFetcher, check_k, empty_result, resolve_ties
+from index.mih import DEFAULT_BUDGET_FACTOR, MultiIndexHash
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,15 @@ MAX_TIE_MARGIN = 1024
 #: below this many (query, item) comparisons a search runs on one OpenMP thread: FAISS only
 #: parallelises over queries, and on a busy machine waking a team of threads costs milliseconds.
 PARALLEL_MIN_WORK = 1 << 22
+
+#: below this many items the scan is cheaper than MIH's per-query Python overhead (~50 us per chunk).
+MIH_MIN_ITEMS = 65_536
+#: with a GPU accelerator, only batches up to this size use MIH (the GPU scans large batches faster).
+MIH_SMALL_BATCH = 8
+#: while MIH is expected to be slower than the scan, every this-many-th search still tries it, to
+#: notice when the data or the queries change.
+MIH_REPROBE = 16
+MIH_REBUILD = ("amortized", "eager")
 
 
 @contextmanager
@@ -101,7 +118,23 @@ class FaissFlatIndex:
         max_tie_margin: int = MAX_TIE_MARGIN,
         accelerator: Accelerator | None = None,
         threads: int | None = None,
+        mih: bool = True,
+        mih_min_items: int = MIH_MIN_ITEMS,
+        mih_rebuild: str = "amortized",
+        mih_budget: float = DEFAULT_BUDGET_FACTOR,
     ) -> None:
+        """See the module docstring.
+
+        Args:
+            mih: answer queries by multi-index hashing when expected faster (falls back to the scan).
+            mih_min_items: smaller indexes always scan.
+            mih_rebuild: ``"amortized"`` (default): after a change, queries scan until the time
+                spent scanning reaches the last build time of the tables, then the tables are
+                rebuilt (ski rental: a stream of writes never costs more than twice the scans);
+                ``"eager"``: rebuild on the first search after a change.
+            mih_budget: a query falls back to the scan once its estimated MIH cost would exceed
+                this many scans.
+        """
         self.bits = check_bits(bits)
         self.code_bytes = self.bits // 8
         self.faiss_bytes = FAISS_CODE_BYTES[self.bits]
@@ -124,6 +157,23 @@ class FaissFlatIndex:
         #: upsert): enables the early-stopping band scan.
         self._rows_in_id_order = bool(np.all(ids[1:] > ids[:-1])) and _HAS_BITWISE_COUNT
         self._max_id = int(ids.max()) if ids.size else -1
+        if mih_rebuild not in MIH_REBUILD:
+            raise ValueError(f"mih_rebuild must be one of {MIH_REBUILD}, got {mih_rebuild!r}")
+        self.mih_enabled = bool(mih)
+        self.mih_min_items = int(mih_min_items)
+        self.mih_rebuild = mih_rebuild
+        self.mih_budget = float(mih_budget)
+        self._mih: MultiIndexHash | None = None
+        self._mih_stale = True
+        self._mih_lock = threading.Lock()  # one rebuild at a time; other searches scan meanwhile
+        self._mih_scan_debt = 0.0  # seconds spent scanning since the tables went stale
+        #: seconds the last build of the MIH tables took
+        self.mih_build_seconds = 0.0
+        self._mih_cost = 0.0  # moving mean of MIH's estimated cost per query in scans (fallbacks: +1)
+        self._mih_skips = 0
+        #: queries answered by MIH / handed back by MIH to the scan
+        self.mih_queries = 0
+        self.mih_fallbacks = 0
 
     def set_accelerator(self, accelerator: Accelerator | None) -> None:
         """Use (or stop using, with ``None``) a GPU scan; its copy is refreshed on the next search."""
@@ -146,6 +196,7 @@ class FaissFlatIndex:
         if ids.size:
             self._index.add_with_ids(pad_codes(arr, self.faiss_bytes), ids)
             self._accel_stale = self.accelerator is not None
+            self._mih_stale = True
             self._rows_in_id_order &= bool(ids[0] > self._max_id and np.all(ids[1:] > ids[:-1]))
             self._max_id = max(self._max_id, int(ids.max()))
 
@@ -157,6 +208,7 @@ class FaissFlatIndex:
         removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
         if removed:
             self._accel_stale = self.accelerator is not None
+            self._mih_stale = True
         return removed
 
     def ids(self) -> np.ndarray:
@@ -177,14 +229,31 @@ class FaissFlatIndex:
         """Exact top-``k``: ``(distances int32 [Q, k], ids int64 [Q, k])``, order of :mod:`index.exact`."""
         k = check_k(k)
         q = pad_codes(as_codes(query_codes, self.bits, name="query_codes"), self.faiss_bytes)
-        n = self.ntotal
-        if n == 0 or q.shape[0] == 0:
+        if self.ntotal == 0 or q.shape[0] == 0:
             return empty_result(q.shape[0], k)
+        mih = self._ready_mih(len(q))
+        if mih is None:
+            t0 = time.perf_counter()
+            out = self._scan(q, k)
+            if self._mih_stale:
+                self._mih_scan_debt += time.perf_counter() - t0
+            return out
+        out_d, out_i, todo, cost = mih.search(q, k)
+        self.mih_queries += len(q) - len(todo)
+        self._mih_cost += (cost - self._mih_cost) * min(1.0, len(q) / 16)
+        if todo.size:
+            self.mih_fallbacks += int(todo.size)
+            out_d[todo], out_i[todo] = self._scan(q[todo], k)
+        return out_d, out_i
+
+    def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of padded queries by a full scan (FAISS or the accelerator) + tie resolution."""
+        n = self.ntotal
         kc = min(n, k + self.tie_margin)
         accel = self._ready_accelerator(kc)
         if accel is not None and accel.exact:
             return accel.search(q, k)
-        threads = 1 if len(q) == 1 or len(q) * n < PARALLEL_MIN_WORK else self.max_threads
+        threads = self._scan_threads(len(q))
         with omp_threads(threads):
             d, i = accel.search(q, kc) if accel is not None else self._index.search(q, kc)
             out_d, out_i, n_overflow = resolve_ties(d, i, k, n, self._fetch_band(q))
@@ -194,6 +263,71 @@ class FaissFlatIndex:
             if 4 * n_overflow > len(q) and self.tie_margin < self.max_tie_margin:
                 self.tie_margin = min(self.max_tie_margin, 2 * self.tie_margin)
         return out_d, out_i
+
+    def _scan_threads(self, nq: int) -> int:
+        return 1 if nq == 1 or nq * self.ntotal < PARALLEL_MIN_WORK else self.max_threads
+
+    # ------------------------------------------------------------------ multi-index hashing
+    def _use_mih(self, nq: int) -> bool:
+        """MIH is expected to be faster than the scan for ``nq`` queries.
+
+        That is: its moving mean cost per query (in scans, fallbacks included; 0 before the first
+        use) is below what one query costs in a scan of ``nq`` queries spread over the OpenMP
+        threads (a single query always scans on one thread). Otherwise every
+        :data:`MIH_REPROBE`-th search tries MIH anyway. With a GPU accelerator only small batches
+        use MIH.
+        """
+        if not self.mih_enabled or self.ntotal < self.mih_min_items:
+            return False
+        if self.accelerator is not None and nq > MIH_SMALL_BATCH:
+            return False
+        if self._mih_cost * self._scan_threads(nq) < 1.0:
+            return True
+        self._mih_skips += 1
+        return self._mih_skips % MIH_REPROBE == 0
+
+    def _ready_mih(self, nq: int) -> MultiIndexHash | None:
+        """The MIH tables if this search should use them, rebuilt first if needed and due.
+
+        Rebuilds never make other searches wait: a search that finds a rebuild in progress scans.
+        Writers are excluded by :class:`index.store.HashStore` while searches run, so the tables
+        cannot go stale during a search.
+        """
+        if not self._use_mih(nq):
+            return None
+        if not self._mih_stale:
+            return self._mih
+        if self.mih_rebuild == "amortized" and self._mih_scan_debt < self.mih_build_seconds:
+            return None
+        if not self._mih_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._mih_stale:
+                self.refresh_mih()
+        finally:
+            self._mih_lock.release()
+        return self._mih
+
+    def refresh_mih(self) -> MultiIndexHash:
+        """Build the MIH tables from the current contents now (caller excludes writers)."""
+        t0 = time.perf_counter()
+        self._mih = MultiIndexHash(self.bits, self.ids(), self.padded_codes(), budget_factor=self.mih_budget)
+        self.mih_build_seconds = time.perf_counter() - t0
+        self._mih_stale = False
+        self._mih_scan_debt = 0.0
+        logger.debug(
+            "%d-bit MIH tables: %d items, %.1f MB, built in %.3f s",
+            self.bits,
+            self._mih.ntotal,
+            self._mih.nbytes / 1e6,
+            self.mih_build_seconds,
+        )
+        return self._mih
+
+    @property
+    def mih_tables(self) -> MultiIndexHash | None:
+        """The current MIH tables (``None`` before the first build; may be stale)."""
+        return self._mih
 
     def _fetch_band(self, q: np.ndarray) -> BandFetcher:
         """Band fetcher for :func:`resolve_ties` (see :meth:`_band_prefix_scan` and :meth:`_band_range`)."""

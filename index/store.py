@@ -82,14 +82,20 @@ class VectorBackend(Protocol):
 
 
 def _make_backend(
-    backend: str, data_dir: Path, device: str, tie_margin: int, threads: int | None, milvus_uri: str | None
+    backend: str,
+    data_dir: Path,
+    device: str,
+    tie_margin: int,
+    threads: int | None,
+    milvus_uri: str | None,
+    mih: bool = True,
 ) -> VectorBackend:
     if backend == "faiss":
         from index.faiss_store import FaissBackend
         from index.gpu import make_accelerator
 
         return FaissBackend(
-            data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin, threads=threads
+            data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin, threads=threads, mih=mih
         )
     if backend == "milvus":
         from index.milvus_store import MilvusBackend
@@ -114,6 +120,9 @@ class HashStore:
             over the queries of a batch, and when other processes keep the cores busy each OpenMP
             team wake-up costs milliseconds (see ``docs/benchmarks-search.md``); give more threads on
             an otherwise idle multi-core machine. Single queries always run on one thread.
+        mih: FAISS backend only: answer queries by exact multi-index hashing (sub-linear bucket
+            probing, :mod:`index.mih`) when expected faster than the scan (default ``True``);
+            queries for which it would be slow fall back to the scan. ``False``: always scan.
         milvus_uri: Milvus backend only: server URI, or a local ``.db`` file for milvus-lite
             (default ``<data_dir>/milvus.db``).
         check_integrity: run ``PRAGMA quick_check`` on open (recommended; O(database size)).
@@ -135,6 +144,7 @@ class HashStore:
         threads: int | None = 1,
         milvus_uri: str | None = None,
         check_integrity: bool = True,
+        mih: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -150,7 +160,7 @@ class HashStore:
         try:
             self._meta = MetadataDB(self.data_dir / DB_FILENAME, check_integrity=check_integrity)
             self._backend: VectorBackend = _make_backend(
-                backend, self.data_dir, device, tie_margin, threads, milvus_uri
+                backend, self.data_dir, device, tie_margin, threads, milvus_uri, mih
             )
             self._backend.open(self._meta)
         except sqlite3.DatabaseError as exc:  # damage that quick_check did not see, met while rebuilding
