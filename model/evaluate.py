@@ -14,7 +14,9 @@ JSON keys (stable; values are floats unless said otherwise):
 * ``encode_ms`` — {"image": ms, "points": ms, "render": ms}: one input, batch size 1, mean of 100 calls
   after warm-up; ``throughput`` — {"image": inputs/s, "points": inputs/s} at ``throughput_batch``;
 * ``baselines[name]["map"][dir][bits]`` — LSH / PCA-sign / ITQ on the encoders' continuous features
-  (fitted on the database side), and any extra weights passed as baselines (e.g. "cl-f");
+  (fitted on the database side), DJSRH (a published unsupervised cross-modal hashing method, trained on
+  the database side's paired features, :mod:`model.djsrh`), and any extra weights passed as baselines
+  (e.g. "cl-f");
 * ``weights`` {"dir", "sha256", "config"}, ``data`` {"query"/"db": {"path", "sha256", "size"}}, ``topk``,
   ``bits``, ``device``, ``torch``, ``elapsed_s``.
 """
@@ -37,6 +39,7 @@ from . import metrics
 from .baselines import fit_cross_modal, make_hasher
 from .dataset import PointDataset, load_dataset, make_split
 from .device import cpu_name
+from .djsrh import DJSRHHasher
 from .encode import Encoder, time_call
 from .weights import WEIGHTS_FILE
 
@@ -115,18 +118,20 @@ def retrieval_metrics(q: dict[str, dict[int, np.ndarray]], db: dict[str, dict[in
 
 def baseline_metrics(q: CodeSet, db: CodeSet, q_labels: np.ndarray, db_labels: np.ndarray,
                      bits: Sequence[int], topk: int, seed: int = 0) -> dict[str, Any]:
-    """LSH / PCA-sign / ITQ fitted on the database side's continuous features of both modalities."""
+    """LSH / PCA-sign / ITQ fitted on the database side's continuous features of both modalities, and
+    DJSRH trained on the database side's paired features (row i of both modalities = one shape)."""
     out: dict[str, Any] = {}
     fi, fp = db.feats["image"], db.feats["points"]
     if fi.shape[1] != fp.shape[1]:
-        log.warning("image and point features differ in width (%d vs %d): baselines skipped",
+        log.warning("image and point features differ in width (%d vs %d): LSH / PCA / ITQ skipped",
                     fi.shape[1], fp.shape[1])
-        return out
-    usable = [b for b in bits if b <= fi.shape[1]]
-    if len(usable) < len(bits):
-        log.warning("baselines skip code lengths above the feature width %d: %s", fi.shape[1],
-                    [b for b in bits if b > fi.shape[1]])
-    for name in BASELINE_NAMES:
+        usable: list[int] = []
+    else:
+        usable = [b for b in bits if b <= fi.shape[1]]
+        if len(usable) < len(bits):
+            log.warning("baselines skip code lengths above the feature width %d: %s", fi.shape[1],
+                        [b for b in bits if b > fi.shape[1]])
+    for name in BASELINE_NAMES if usable else ():
         qc: dict[str, dict[int, np.ndarray]] = {"image": {}, "points": {}}
         dc: dict[str, dict[int, np.ndarray]] = {"image": {}, "points": {}}
         for b in usable:
@@ -135,6 +140,13 @@ def baseline_metrics(q: CodeSet, db: CodeSet, q_labels: np.ndarray, db_labels: n
                 qc[mod][b] = h.encode(q.feats[mod])
                 dc[mod][b] = h.encode(db.feats[mod])
         out[name] = retrieval_metrics(qc, dc, q_labels, db_labels, usable, topk, CROSS, curves=False)
+    qc, dc = {"image": {}, "points": {}}, {"image": {}, "points": {}}
+    for b in bits:
+        h = DJSRHHasher(b, seed=seed).fit(fi, fp)
+        for mod in ("image", "points"):
+            qc[mod][b] = h.encode(mod, q.feats[mod])
+            dc[mod][b] = h.encode(mod, db.feats[mod])
+    out["djsrh"] = retrieval_metrics(qc, dc, q_labels, db_labels, bits, topk, CROSS, curves=False)
     return out
 
 

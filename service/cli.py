@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the results JSON here")
     e.add_argument("--plots", help="write the PNG plots into this directory")
     e.add_argument("--save-codes", help="write all codes (np.packbits) and labels to this .npz")
-    e.add_argument("--baselines", action="store_true", help="add LSH, PCA-sign and ITQ rows")
+    e.add_argument("--baselines", action="store_true", help="add LSH, PCA-sign, ITQ and DJSRH rows")
     e.add_argument("--baseline-weights", nargs="*", metavar="NAME=DIR",
                    help="other weights evaluated as baselines (e.g. cl-f=runs/clf/weights)")
     e.add_argument("--timing-repeats", type=int, default=100)
