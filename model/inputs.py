@@ -350,6 +350,23 @@ def sniff_3d_format(data: bytes, name: str | None = None) -> str:
     return _sniff(bytes(data), name)
 
 
+def sniff_kind(data: bytes) -> tuple[str, str] | None:
+    """What the content of ``data`` is, from its magic bytes (images) or its head (3D files), without
+    parsing it: ``("image", "PNG")``, ``("points", "ply")``, or ``None`` when it is neither recognisably.
+
+    Lets a caller refuse an image sent where a 3D file is expected (and the reverse) before any reader
+    runs on it. Never raises.
+    """
+    data = bytes(data[:_TEXT_SNIFF_BYTES])
+    kind = _image_kind(data)
+    if kind is not None:
+        return "image", kind
+    try:
+        return "points", _sniff(data, None)
+    except InputError:
+        return None
+
+
 # ----------------------------------------------------------------------------------------------------
 # helpers shared by the parsers
 

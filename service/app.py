@@ -2,15 +2,22 @@
 
 Start-up (lifespan): load the encoder, open the hash store, start the inference engine (warm-up) and
 the job runner; then, on a background thread, build the demo gallery if the store is empty and flip
-``/ready`` once a search works. Shutdown stops the workers and closes the store.
+``/ready`` once a search works. Shutdown stops the job runner (its unfinished job stays resumable), then
+the inference engine, and closes the job database and the store (which writes its FAISS snapshots).
+
+``run_server`` (``cmah serve``) checks the index database before it listens (a damaged one ends the
+command with one line saying what to do, never an empty index on top of it), and on SIGTERM/SIGINT stops
+accepting connections, lets in-flight requests finish for up to ``CMAH_SHUTDOWN_TIMEOUT_S``, shuts the
+app down as above and returns 0.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from index.errors import StoreCorruptError, StoreLockedError
 from index.records import MODALITIES
 from index.store import HashStore
 
@@ -26,7 +34,9 @@ from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
 from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
 from .metrics import LatencyMiddleware, Metrics
+from .preflight import check_store
 from .routes import ROUTERS
+from .security import SecurityHeadersMiddleware
 from .settings import Settings
 from .state import ServiceState
 from .uploads import MULTIPART_OVERHEAD, BodyLimitMiddleware
@@ -110,7 +120,8 @@ def _prepare_gallery(state: ServiceState, stop: threading.Event) -> None:
 
 def _stop(state: ServiceState) -> None:
     state.ready = False
-    state.status = "stopping"
+    if not state.status.startswith("start-up failed"):
+        state.status = "stopping"
     if state.runner is not None:
         state.runner.stop()
     if state.engine is not None:
@@ -120,7 +131,8 @@ def _stop(state: ServiceState) -> None:
     if state.store is not None:
         state.store.close()
     state.runner = state.engine = state.jobs = state.store = state.writer = None
-    state.status = "stopped"
+    if not state.status.startswith("start-up failed"):  # keep why it never started
+        state.status = "stopped"
 
 
 @asynccontextmanager
@@ -129,7 +141,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
     gallery: threading.Thread | None = None
     try:
-        await run_in_threadpool(_start, state)
+        try:
+            await run_in_threadpool(_start, state)
+        except (StoreCorruptError, StoreLockedError) as exc:
+            logger.error("cannot start: %s", exc)
+            state.status = f"start-up failed: {exc}"
+            raise
         gallery = threading.Thread(target=_prepare_gallery, args=(state, stop), name="cmah-gallery", daemon=True)
         gallery.start()
         yield
@@ -149,8 +166,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Cross-modal hashing retrieval between images and 3D point clouds.")
     app.state.cmah = state
     install_error_handlers(app)
+    parts = settings.max_form_parts
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, form_limits={"max_files": parts, "max_fields": parts})
     from fastapi.responses import FileResponse  # the web UI (docs/ui.md): the page at /, its files under /ui/
     from fastapi.staticfiles import StaticFiles
 
@@ -165,19 +183,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_upload_bytes + MULTIPART_OVERHEAD
         return None
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, idle_timeout=settings.body_timeout_s,
+                       total_timeout=settings.body_total_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     app.add_middleware(LatencyMiddleware, metrics=lambda: metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 
-def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None) -> int:
-    """Serve the app with uvicorn until interrupted; returns the exit code (1 when start-up failed).
+@contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """After uvicorn's graceful shutdown on SIGTERM/SIGINT it re-raises the signal to the previous handler:
+    make that handler a log line, so that the process returns 0 instead of dying of the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum: int, _frame: object) -> None:
+        logger.info("stopped by %s", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None,
+               checked: bool = False) -> int:
+    """Serve the app with uvicorn until SIGTERM/SIGINT; returns the exit code (0, or 1 when start-up failed).
 
     Raises:
         WeightsError: the weights directory is not usable (checked before the server starts).
+        StoreCorruptError: the index database is damaged (checked before the server starts).
+        StoreLockedError: another process has the data directory open.
+
+    ``checked``: the caller has already run :func:`~service.preflight.check_store` on these settings.
     """
     import uvicorn
 
@@ -191,7 +235,11 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
     for name in ("service", "index", "model"):  # `cmah` may have configured logging already (WARNING)
         logging.getLogger(name).setLevel(level)
     read_manifest(settings.weights_dir or SHIPPED_WEIGHTS_DIR)  # fail fast, with one line, on missing weights
+    if not checked:
+        check_store(settings)  # and on a damaged index database
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
-                                           log_level=settings.log_level.lower()))
-    server.run()
+                                           log_level=settings.log_level.lower(),
+                                           timeout_graceful_shutdown=settings.shutdown_timeout_s))
+    with _signals_end_quietly():
+        server.run()
     return 0 if server.started else 1

@@ -24,6 +24,7 @@ class CLIError(Exception):
 
 def _fail_on_user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapper(args: argparse.Namespace) -> int:
+        from index.errors import StoreCorruptError, StoreLockedError
         from model.dataset import DatasetError
         from model.inputs import InputError
         from model.weights import WeightsError
@@ -32,7 +33,7 @@ def _fail_on_user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[a
             return fn(args)
         except CLIError as exc:
             msg = str(exc)
-        except (InputError, DatasetError, WeightsError) as exc:
+        except (InputError, DatasetError, WeightsError, StoreCorruptError, StoreLockedError) as exc:
             msg = str(exc)
         except FileNotFoundError as exc:
             msg = f"{exc.filename}: no such file"
@@ -197,13 +198,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # --- serve -----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from service.app import run_server
-    except ImportError:
-        print("cmah serve: the HTTP service is not built yet (see the open service issue); "  # noqa: T201
-              "the shipped weights can be used with `cmah encode` and `cmah eval` meanwhile.")
-        return 0
-    return run_server(host=args.host, port=args.port, data_dir=args.data_dir)
+    from service.preflight import check_store
+    from service.settings import Settings
+
+    settings = Settings()
+    if args.data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": Path(args.data_dir)})
+    check_store(settings)  # a damaged index database: one line, before the model is even imported
+    from service.app import run_server
+
+    return run_server(host=args.host, port=args.port, data_dir=args.data_dir, checked=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,11 @@ INPUT_ERROR_STATUS: dict[str, int] = {
 }
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+                 405: "method_not_allowed", 408: "timeout", 413: "too_large", 415: "unsupported_media_type",
                  422: "invalid_request", 503: "unavailable"}
+
+#: How Starlette's multipart parser words a form with more files or fields than allowed.
+_TOO_MANY_PARTS = ("Too many files.", "Too many fields.")
 
 
 class APIError(Exception):
@@ -56,6 +59,14 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body is larger than the limit of {limit} bytes")
 
 
+class BodyTimeout(StarletteHTTPException):
+    """The client stopped sending the request body, or sent it too slowly."""
+
+    def __init__(self, idle: bool, idle_timeout: float, total_timeout: float):
+        what = (f"no data for {idle_timeout:g} s" if idle else f"not complete after {total_timeout:g} s")
+        super().__init__(408, f"request body timed out ({what})")
+
+
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -74,6 +85,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail.startswith(_TOO_MANY_PARTS):  # Starlette's multipart limits
+        code = "too_many_parts"
     return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
 
 

@@ -36,3 +36,11 @@ class Settings(BaseSettings):
     job_batch_size: int = Field(32, ge=1)
     cors_origins: list[str] = []
     log_level: str = "INFO"
+    #: On SIGTERM/SIGINT: longest wait for in-flight requests before they are cancelled (then the store is closed)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    #: Longest wait for the next chunk of a request body (408 when it passes)
+    body_timeout_s: float = Field(60.0, gt=0)
+    #: Longest time to receive a whole request body, however it trickles in (408 when it passes)
+    body_total_timeout_s: float = Field(600.0, gt=0)
+    #: Most files and most other fields in one multipart form (more: 400 ``too_many_parts``)
+    max_form_parts: int = Field(8, ge=1)

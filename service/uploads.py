@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from fastapi import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, BodyTooLarge, error_response
+from .errors import APIError, BodyTimeout, BodyTooLarge, error_response
 
 CHUNK = 1 << 20
 #: Allowance for the multipart framing and form fields around an uploaded file.
@@ -28,39 +30,56 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies above a per-path limit while they are received, before they are buffered.
+    """Bounds request bodies while they are received, before they are buffered.
 
-    ``limit_for(path)`` returns the limit in bytes for a request path (``None``: no limit). A declared
-    ``Content-Length`` above it is refused at once; otherwise the received bytes are counted.
+    ``limit_for(path)`` returns the size limit in bytes for a request path (``None``: no limit). A
+    declared ``Content-Length`` above it is refused at once (413); otherwise the received bytes are
+    counted and the request fails with 413 as soon as they pass the limit. Every body (limited or not)
+    must also keep coming: 408 when no chunk arrives for ``idle_timeout`` seconds or the whole body
+    takes longer than ``total_timeout`` seconds (a client trickling bytes cannot hold a request open).
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None]):
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int | None], idle_timeout: float = 60.0,
+                 total_timeout: float = 600.0):
         self.app = app
         self.limit_for = limit_for
+        self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope.get("path", ""))
-        if limit is None:
-            await self.app(scope, receive, send)
-            return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             resp = error_response(413, "too_large", f"request body of {int(declared)} bytes is larger than the "
                                   f"limit of {limit} bytes")
             await resp(scope, receive, send)
             return
-        received = 0
+        await self.app(scope, self._bounded_receive(receive, limit), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+    def _bounded_receive(self, receive: Receive, limit: int | None) -> Receive:
+        received = 0
+        done = False
+        deadline = time.monotonic() + self.total_timeout
+
+        async def bounded_receive() -> Message:
+            nonlocal received, done
+            if done:  # the body is complete: later receives wait for a disconnect, unbounded
+                return await receive()
+            wait = min(self.idle_timeout, deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+            except TimeoutError:
+                raise BodyTimeout(wait >= self.idle_timeout, self.idle_timeout, self.total_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if limit is not None and received > limit:
                     raise BodyTooLarge(limit)
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
-        await self.app(scope, limited_receive, send)
+        return bounded_receive

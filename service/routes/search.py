@@ -11,7 +11,7 @@ from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from index.records import ItemRecord
-from model.inputs import load_points, read_image
+from model.inputs import InputError, load_points, read_image, sniff_kind
 
 from ..engine import QueueFull
 from ..errors import APIError
@@ -42,8 +42,22 @@ def preview_url(rec: ItemRecord) -> str | None:
     return f"/api/v1/items/{rec.id}/preview.png" if rec.preview else None
 
 
+def check_content(kind: str, data: bytes) -> None:
+    """Refuse an upload whose content is the other modality (a PNG named ``.ply`` to a 3D endpoint, a PLY
+    named ``.png`` to an image endpoint) from its first bytes, before a reader is chosen or run."""
+    found = sniff_kind(data)
+    if found is None or found[0] == kind:
+        return
+    if kind == "image":
+        raise InputError("not_an_image", f"got a {found[1].upper()} 3D file, expected an image "
+                                         "(PNG, JPEG, WebP, BMP, GIF or TIFF)")
+    raise InputError("not_a_3d_file", f"got a {found[1]} image, expected a 3D file (PLY, OFF, OBJ, PCD, XYZ/TXT "
+                                      "or NPY)")
+
+
 def _preprocess(run: Running, kind: str, data: bytes, filename: str | None) -> torch.Tensor:
     s = run.settings
+    check_content(kind, data)
     if kind == "image":
         return run.encoder.image_tensor(read_image(data, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels))
     return run.encoder.points_tensor(load_points(data, name=filename, max_bytes=s.max_upload_bytes))[0]

@@ -97,6 +97,7 @@ def test_corrupt_snapshot_is_rebuilt(tmp_path: Path, ref, rng, caplog, damage: s
         _expect_consistent(tmp_path, ref, rng)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "points/32-bit" in messages[0], messages
+    assert caplog.records[0].levelno == logging.WARNING and str(path) in messages[0]  # names the file
 
 
 def test_missing_and_foreign_snapshots(tmp_path: Path, ref, rng, caplog) -> None:
@@ -111,6 +112,7 @@ def test_missing_and_foreign_snapshots(tmp_path: Path, ref, rng, caplog) -> None
         _expect_consistent(tmp_path / "a", ref, rng)
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "another database" in text and "missing" in text
+    assert f"{_snapshot_file(tmp_path / 'a', 'image', 16)} is missing" in text
     assert not list((tmp_path / "a" / "snapshots").glob("*.tmp"))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import ADMIN_TOKEN, wait_ready
+from svc_helpers import ADMIN_TOKEN, ServerProcess, start_server, wait_ready
 
 from model.dataset import load_dataset, save_dataset
 from service.app import create_app
@@ -49,3 +49,23 @@ def client(tmp_path_factory: pytest.TempPathFactory, make_settings: Callable[...
 def shape_points(synth_npz: Path) -> np.ndarray:
     """A few clouds [4, 1024, 3] not in the demo gallery."""
     return load_dataset(synth_npz).points[[1, 2, 9, 17]]
+
+
+#: Body timeouts of :func:`live_server` (short, so that the tests of them are quick).
+LIVE_BODY_TIMEOUT_S = 2.0
+LIVE_BODY_TOTAL_TIMEOUT_S = 30.0  # above the time a loaded machine takes to receive 32 MiB
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, demo_npz: Path
+                ) -> Iterator[ServerProcess]:
+    """A real ``cmah serve`` process: tiny weights, no demo gallery, the default 32 MiB upload limit, DEBUG logs
+    (uvicorn's access log included) in ``live_server.log_path``, short body timeouts."""
+    server = start_server(tmp_path_factory.mktemp("live"), tiny_weights, demo_npz, CMAH_LOG_LEVEL="DEBUG",
+                          CMAH_BUILD_DEMO_GALLERY="false", CMAH_BODY_TIMEOUT_S=str(LIVE_BODY_TIMEOUT_S),
+                          CMAH_BODY_TOTAL_TIMEOUT_S=str(LIVE_BODY_TOTAL_TIMEOUT_S))
+    try:
+        server.wait_ready(900)  # a loaded 2-core machine can take minutes
+        yield server
+    finally:
+        server.stop()

@@ -2,8 +2,9 @@
 
 A ``cmah serve``-style server (``service.app.run_server``) runs in a subprocess on 127.0.0.1 with tiny
 random weights and the 12-shape synthetic gallery; Playwright drives Debian's ``/usr/bin/chromium``
-(no browser download; ``CMAH_CHROMIUM`` names another executable). The page is served with a strict
-Content-Security-Policy and any JavaScript error or CSP violation fails the test. Screenshots of each
+(no browser download; ``CMAH_CHROMIUM`` names another executable). The service serves the page with its
+strict Content-Security-Policy (``service.security.UI_CSP``) and any JavaScript error or CSP violation
+fails the test. Screenshots of each
 state go to ``test-artifacts/ui/``.
 
 Skipped when chromium or the ``playwright`` package is missing, except in CI (``CI`` set), where that
@@ -112,29 +113,24 @@ def browser(server: str) -> Iterator[Any]:
             b.close()
 
 
-#: A strict policy the page must work under (the service may add one later): nothing inline, no eval.
+#: The strict policy the page must work under: nothing inline, no eval.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @pytest.fixture
 def page(browser: Any, server: str) -> Iterator[Any]:
-    """A fresh page (own context: empty sessionStorage) on the UI, served with :data:`CSP`; fails the
-    test on any JavaScript error or CSP violation."""
+    """A fresh page (own context: empty sessionStorage) on the UI, which the service serves with :data:`CSP`;
+    fails the test on any JavaScript error or CSP violation."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
-
-    def with_csp(route: Any) -> None:
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
-
-    context.route(f"{server}/", with_csp)
     context.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
                             "(e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));")
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(f"{server}/")
+    response = pg.goto(f"{server}/")
+    assert response is not None and response.headers.get("content-security-policy") == CSP
     pg.wait_for_selector("body[data-ready='true']", state="attached")
     yield pg
     violations = pg.evaluate("window.__csp")
