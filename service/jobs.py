@@ -475,9 +475,9 @@ class JobRunner:
                 budget.take(len(chunk))
                 if size > self.max_file_bytes:
                     raise InputError("too_large", f"inflates to more than the limit of {self.max_file_bytes} bytes")
-                if size > BOMB_MIN_BYTES and size > BOMB_RATIO * max(m.compress_size, 1):
-                    raise _Refused("zip_bomb", f"compression ratio above {BOMB_RATIO}:1 "
-                                   f"({m.compress_size} compressed bytes inflate to more than {size})")
+                if size > BOMB_MIN_BYTES and size > BOMB_RATIO * _compressed_read(f, m):
+                    raise _Refused("zip_bomb", f"compression ratio above {BOMB_RATIO}:1 ({_compressed_read(f, m)} "
+                                   f"compressed bytes inflated to {size})")
                 parts.append(chunk)
         return b"".join(parts)
 
@@ -493,6 +493,16 @@ class JobRunner:
         except (InputError, _Refused) as exc:
             raise ValueError(f"labels.csv cannot be used: {exc}") from exc
         return _parse_labels(text)
+
+
+def _compressed_read(f: object, m: zipfile.ZipInfo) -> int:
+    """Compressed bytes of member ``m`` inflated so far (at least 1): read from the archive minus what the
+    inflater still holds. Uses CPython's ``ZipExtFile`` counters; without them, the whole compressed size."""
+    left = getattr(f, "_compress_left", None)
+    if not isinstance(left, int):
+        return max(m.compress_size, 1)
+    tail = getattr(getattr(f, "_decompressor", None), "unconsumed_tail", b"")
+    return max(m.compress_size - left - len(tail if isinstance(tail, bytes) else b""), 1)
 
 
 class _Batch:
