@@ -84,14 +84,14 @@ def _mount_tmpfs(path: Path) -> bool:
     return r.returncode == 0
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path, str]]:
-    """``(data_dir, disk, how)``: ``data_dir/previews`` and ``data_dir/clouds`` live on ``disk``; call
-    ``fill(disk, how)`` to leave only ``FREE_BYTES`` on it."""
+@pytest.fixture(params=["tmpfs", "injected"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
+    """``(data_dir, disk, how)``: ``data_dir/previews`` and ``data_dir/clouds`` live on ``disk``; ``_fill``
+    leaves only ``FREE_BYTES`` on it. ``tmpfs`` falls back to ``injected`` where mounting is not allowed."""
     disk, data_dir = tmp_path / "disk", tmp_path / "data"
     disk.mkdir()
     data_dir.mkdir()
-    how = "tmpfs" if _mount_tmpfs(disk) else "injected"
+    how = "tmpfs" if request.param == "tmpfs" and _mount_tmpfs(disk) else "injected"
     for sub in (PREVIEW_DIR, CLOUD_DIR):
         (disk / sub).mkdir()
         (data_dir / sub).symlink_to(disk / sub)
