@@ -264,8 +264,10 @@ def test_sigkill_loop_resumes_bulk_job(tmp_path, synth_npz, tiny_weights):
             indexed = _check_store(data_dir, job_id, acked, indexed, rng)
             history.append((acked, len(indexed)))
         zygote.send("run")
-        zygote.expect("pid", 120)
+        pid = int(zygote.expect("pid", 120)[1])
         assert zygote.expect("finished", 600)[1] == "succeeded"
+        zygote.send(f"reap {pid}")  # the last service closes its store before the checks below open it
+        assert int(zygote.expect("reaped", 120)[1]) == 0
     finally:
         zygote.close()
         logger.info("%d kills in %.1f s; (acknowledged, indexed) after each: %s", len(history),
