@@ -265,6 +265,11 @@ class MetadataDB:
             return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
         return int(self._conn.execute("SELECT count(*) FROM items WHERE modality=?", (modality,)).fetchone()[0])
 
+    def source_names(self, source: str) -> list[tuple[str, str]]:
+        """``(modality, name)`` of every item whose ``source`` is ``source``, by id."""
+        rows = self._conn.execute("SELECT modality, name FROM items WHERE source=? ORDER BY id", (source,))
+        return [(str(m), str(n)) for m, n in rows]
+
     def count_codes(self, modality: str, bits: int) -> int:
         """Number of items of ``modality`` that have a ``bits``-bit code."""
         col = _CODE_COLS[bits]

@@ -332,6 +332,11 @@ class HashStore:
         with self._db_lock:
             return self._require_open().count(modality)
 
+    def source_names(self, source: str) -> list[tuple[str, str]]:
+        """``(modality, name)`` of the items added with this ``source`` (e.g. ``"job:<id>"``), by id."""
+        with self._db_lock:
+            return self._require_open().source_names(source)
+
     def index_count(self, modality: str, bits: int) -> int:
         """Number of items in the search index of (modality, bits) (equals the SQLite count of items
         of that modality having such a code)."""

@@ -80,6 +80,7 @@ def _start(state: ServiceState) -> None:
     state.jobs = JobStore(s.data_dir / JOB_DB)
     runner = JobRunner(state.jobs, state.writer, s.data_dir / UPLOAD_DIR, max_file_bytes=s.max_upload_bytes,
                        max_pixels=s.max_pixels, batch_size=s.job_batch_size,
+                       max_uncompressed_bytes=s.max_job_uncompressed_bytes, import_root=s.import_root,
                        on_finished=lambda st: state.metrics.jobs.labels(state=st).inc())
     runner.start()
     state.runner = runner

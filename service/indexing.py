@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -55,12 +56,44 @@ class ItemWriter:
         path = self.data_dir / CLOUD_DIR / f"{item_key}.npy"
         return path if path.is_file() else None
 
+    def _write_file(self, rel: str, write: Callable[[BinaryIO], None]) -> None:
+        """Write ``data_dir/rel`` through a ``.tmp`` file renamed into place; on any error (a full disk)
+        the ``.tmp`` file is removed and the error raised."""
+        final = self.data_dir / rel
+        tmp = final.with_name(final.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+            tmp.replace(final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def _save_png(self, key: str, img: Image.Image) -> str:
         rel = f"{PREVIEW_DIR}/{key}.png"
-        tmp = self.data_dir / f"{rel}.tmp"
-        img.save(tmp, format="PNG")
-        tmp.replace(self.data_dir / rel)
+        self._write_file(rel, lambda f: img.save(f, format="PNG"))
         return rel
+
+    def _save_cloud(self, key: str, points: np.ndarray) -> None:
+        self._write_file(f"{CLOUD_DIR}/{key}.npy", lambda f: np.save(f, np.asarray(points, dtype=np.float32)))
+
+    def _remove_files(self, keys: Sequence[str]) -> None:
+        """Delete the preview and cloud files of items that were not stored (a failed batch)."""
+        for key in keys:
+            for rel in (f"{PREVIEW_DIR}/{key}.png", f"{CLOUD_DIR}/{key}.npy"):
+                (self.data_dir / rel).unlink(missing_ok=True)
+
+    def _store(self, keys: list[str], build: Callable[[int, str], list[dict]]) -> list[int]:
+        """Write the files of each shape (``build(i, key)`` writes them and returns its items), then add
+        every item in one transaction; on failure the files written for the batch are removed."""
+        items: list[dict] = []
+        try:
+            for i, key in enumerate(keys):
+                items.extend(build(i, key))
+            return self.store.add(items)
+        except BaseException:
+            self._remove_files(keys)
+            raise
 
     # ------------------------------------------------------------------ items
     def add_clouds(self, points: np.ndarray, names: Sequence[str], labels: Sequence[str | None],
@@ -75,16 +108,17 @@ class ItemWriter:
             point_codes = enc.encode_point_tensors(pts)
             image_codes = enc.encode_image_tensors(imgs)
         pixels = to_uint8(imgs.cpu()).numpy()
-        items = []
-        for i in range(len(points)):
-            key = uuid.uuid4().hex
-            np.save(self.data_dir / CLOUD_DIR / f"{key}.npy", np.asarray(points[i], dtype=np.float32))
+        keys = [uuid.uuid4().hex for _ in range(len(points))]
+
+        def build(i: int, key: str) -> list[dict]:
+            self._save_cloud(key, points[i])
             preview = self._save_png(key, Image.fromarray(pixels[i]))
             common = {"name": str(names[i]), "label": labels[i], "source": source, "preview": preview,
                       "item_key": key}
-            items.append({"modality": "points", "codes": {b: c[i] for b, c in point_codes.items()}, **common})
-            items.append({"modality": "image", "codes": {b: c[i] for b, c in image_codes.items()}, **common})
-        return self.store.add(items)
+            return [{"modality": "points", "codes": {b: c[i] for b, c in point_codes.items()}, **common},
+                    {"modality": "image", "codes": {b: c[i] for b, c in image_codes.items()}, **common}]
+
+        return self._store(keys, build)
 
     def add_images(self, images: Sequence[Image.Image], names: Sequence[str], labels: Sequence[str | None],
                    source: str) -> list[int]:
@@ -97,23 +131,25 @@ class ItemWriter:
         x = torch.stack([enc.image_tensor(im) for im in images])
         with self.model_lock:
             codes = enc.encode_image_tensors(x)
-        items = []
-        for i, im in enumerate(images):
-            key = uuid.uuid4().hex
-            thumb = im.copy()
+        keys = [uuid.uuid4().hex for _ in images]
+
+        def build(i: int, key: str) -> list[dict]:
+            thumb = images[i].copy()
             thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            items.append({"modality": "image", "name": str(names[i]), "label": labels[i], "source": source,
-                          "preview": self._save_png(key, thumb), "item_key": key,
-                          "codes": {b: c[i] for b, c in codes.items()}})
-        return self.store.add(items)
+            return [{"modality": "image", "name": str(names[i]), "label": labels[i], "source": source,
+                     "preview": self._save_png(key, thumb), "item_key": key,
+                     "codes": {b: c[i] for b, c in codes.items()}}]
+
+        return self._store(keys, build)
 
     def add_dataset(self, path: Path, source: str, batch_size: int = 32,
-                    progress: Callable[[int, int], None] | None = None) -> int:
-        """Index every shape of a dataset ``.npz``; ``progress(n_done, n_total)`` after each batch."""
+                    progress: Callable[[int, int], None] | None = None, start: int = 0) -> int:
+        """Index the shapes of a dataset ``.npz`` from index ``start`` on (the ones before are already
+        indexed: a resumed job); ``progress(n_done, n_total)`` after each batch."""
         ds = load_dataset(path)
         classes = [str(c) for c in ds.classes]
         n = len(ds)
-        for s in range(0, n, batch_size):
+        for s in range(min(start, n), n, batch_size):
             e = min(n, s + batch_size)
             self.add_clouds(ds.points[s:e], list(ds.names[s:e]), [classes[int(v)] for v in ds.labels[s:e]], source)
             if progress is not None:

@@ -56,6 +56,11 @@ class JobCreated(BaseModel):
     status_url: str
 
 
+class PathJob(BaseModel):
+    path: str = Field(min_length=1, max_length=4096,
+                      description="a .npz or .zip under CMAH_IMPORT_ROOT: relative to it, or absolute")
+
+
 class JobError(BaseModel):
     name: str | None
     error: str

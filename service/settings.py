@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     build_demo_gallery: bool = True
     demo_data: Path = DEMO_DATA
     job_batch_size: int = Field(32, ge=1)
+    #: most bytes the members of one zip job may inflate to (counted while decompressing)
+    max_job_uncompressed_bytes: int = Field(4 * 1024 * 1024 * 1024, ge=1)
+    #: most jobs queued or running; beyond, new jobs are refused with 429
+    max_queued_jobs: int = Field(8, ge=1)
+    #: directory whose files may be indexed in place by POST /api/v1/admin/jobs/from-path; unset: disabled
+    import_root: Path | None = None
     cors_origins: list[str] = []
     log_level: str = "INFO"
     #: On SIGTERM/SIGINT: longest wait for in-flight requests before they are cancelled (then the store is closed)

@@ -10,15 +10,16 @@ from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse
 
 from ..errors import APIError
-from ..jobs import Job
-from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus
-from ..state import AdminDep, RunningDep
+from ..jobs import ZIP_MAGIC, ImportPathError, Job, resolve_import
+from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus, PathJob
+from ..state import AdminDep, Running, RunningDep
 from ..uploads import CHUNK
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep],
                    responses={s: {"model": ErrorBody} for s in (401, 403)})
 
-ZIP_MAGIC = b"PK\x03\x04"
+#: Seconds a client is asked to wait when too many jobs are queued.
+JOBS_RETRY_AFTER = 30
 
 
 def job_body(job: Job) -> JobStatus:
@@ -49,8 +50,22 @@ async def _save_upload(file: UploadFile, dest: FsPath, max_bytes: int) -> bytes:
     return head
 
 
+def _check_queue(run: Running) -> None:
+    """429 (nothing written) when ``CMAH_MAX_QUEUED_JOBS`` jobs are already queued or running."""
+    pending = run.runner.pending()
+    limit = run.settings.max_queued_jobs
+    if pending >= limit:
+        raise APIError(429, "too_many_jobs", f"{pending} jobs are queued or running (CMAH_MAX_QUEUED_JOBS = "
+                       f"{limit}); retry when one has finished", {"Retry-After": str(JOBS_RETRY_AFTER)})
+
+
+def _created(job_id: str) -> JSONResponse:
+    body = JobCreated(job_id=job_id, status_url=f"/api/v1/admin/jobs/{job_id}")
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+
+
 @router.post("/jobs", status_code=202, response_model=JobCreated,
-             responses={s: {"model": ErrorBody} for s in (400, 413, 415)})
+             responses={s: {"model": ErrorBody} for s in (400, 413, 415, 429)})
 async def create_job(run: RunningDep, file: Annotated[UploadFile, File(description=".npz dataset or .zip")]
                      ) -> JSONResponse:
     name = file.filename or "upload"
@@ -59,6 +74,7 @@ async def create_job(run: RunningDep, file: Annotated[UploadFile, File(descripti
         raise APIError(415, "unsupported_format", f"expected a dataset .npz or a .zip of images / 3D files, "
                        f"got {name!r}")
     kind = suffix.lstrip(".")
+    _check_queue(run)
     job = run.jobs.create(kind, name)
     try:
         head = await _save_upload(file, run.runner.upload_path(job.id, kind), run.settings.max_job_upload_bytes)
@@ -69,8 +85,22 @@ async def create_job(run: RunningDep, file: Annotated[UploadFile, File(descripti
         run.jobs.update(job.id, state="failed", error=exc.detail)
         raise
     run.runner.enqueue(job.id)
-    body = JobCreated(job_id=job.id, status_url=f"/api/v1/admin/jobs/{job.id}")
-    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+    return _created(job.id)
+
+
+@router.post("/jobs/from-path", status_code=202, response_model=JobCreated,
+             responses={s: {"model": ErrorBody} for s in (404, 415, 422, 429)})
+async def create_path_job(run: RunningDep, body: PathJob) -> JSONResponse:
+    """Index a ``.npz`` / ``.zip`` that already lives on the server under ``CMAH_IMPORT_ROOT`` (read in
+    place, never copied nor deleted)."""
+    try:
+        path = resolve_import(run.settings.import_root, body.path)
+    except ImportPathError as exc:
+        raise APIError(exc.status, exc.code, exc.detail) from exc
+    _check_queue(run)
+    job = run.jobs.create(path.suffix.lower().lstrip("."), body.path, path=str(path))
+    run.runner.enqueue(job.id)
+    return _created(job.id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorBody}})

@@ -32,6 +32,25 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
     raise AssertionError(f"service not ready: {client.get('/ready').json()}")
 
 
+def wait_job(client: TestClient, job_id: str, timeout: float = 60.0) -> dict:
+    """The job's status once it succeeded or failed."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/admin/jobs/{job_id}", headers=admin_headers()).json()
+        if body["state"] in ("succeeded", "failed"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def job_items(client: TestClient, job_id: str) -> list:
+    """The stored records of a job's items (source ``job:<id>``)."""
+    store = client.app.state.cmah.store
+    n = store.count()
+    return [r for r in store.get_many(range(1, 10 * n + 10)) if r is not None and r.source == f"job:{job_id}"]
+
+
 def admin_headers(token: str = ADMIN_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
