@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from index.records import MODALITIES
 from index.store import HashStore
 
+from .auth import AdminGuardMiddleware
 from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return None
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(AdminGuardMiddleware, token=settings.admin_token)  # before any admin body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
