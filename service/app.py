@@ -28,6 +28,7 @@ from .indexing import ItemWriter, build_demo_gallery
 from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
 from .metrics import LatencyMiddleware, Metrics
 from .routes import ROUTERS
+from .schemas import ErrorBody
 from .settings import Settings
 from .state import ServiceState
 from .uploads import MULTIPART_OVERHEAD, BodyLimitMiddleware
@@ -35,6 +36,13 @@ from .uploads import MULTIPART_OVERHEAD, BodyLimitMiddleware
 logger = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
+
+#: Responses every route that takes input can give, documented with the body they really have (service.errors):
+#: 422 for invalid parameters (FastAPI would document its own list-of-errors form) and 503 while starting.
+COMMON_RESPONSES: dict[int | str, dict] = {
+    422: {"model": ErrorBody, "description": "Invalid parameters or body (`invalid_request`)"},
+    503: {"model": ErrorBody, "description": "Not ready yet (`not_ready`) or overloaded (`overloaded`)"},
+}
 
 
 def _set_threads(settings: Settings) -> None:
@@ -151,7 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cmah = state
     install_error_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        # /health, /ready and /metrics take no input and do not need a running model
+        app.include_router(router, responses=None if router.tags == ["health"] else COMMON_RESPONSES)
     from fastapi.responses import FileResponse  # the web UI (docs/ui.md): the page at /, its files under /ui/
     from fastapi.staticfiles import StaticFiles
 
