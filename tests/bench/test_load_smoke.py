@@ -30,11 +30,11 @@ def test_load_under_a_bulk_job(tiny_weights: Path, synth_npz: Path, tmp_path: Pa
     out = tmp_path / "load.json"
     cmd = [sys.executable, "bench/load.py", "--weights", str(tiny_weights), "--clients", "4", "--seconds", "5",
            "--queries", "2", "--bulk-job", str(job), "--job-poll", "0.2", "--json", str(out),
-           "--ready-timeout", "300", "--request-timeout", "60",
+           "--ready-timeout", "600", "--request-timeout", "60",
            "--server-env", "CMAH_TORCH_THREADS=1", "CMAH_MAX_WAIT_MS=2", "CMAH_JOB_BATCH_SIZE=4",
            f"CMAH_DEMO_DATA={gallery}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
     assert "**Bulk job**" in r.stdout and "| `POST admin/jobs` |" in r.stdout, r.stdout
     res = json.loads(out.read_text())
