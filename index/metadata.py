@@ -35,6 +35,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CODE_COLS = {bits: f"code{bits}" for bits in BITS_CHOICES}
 _FIELDS = ("id", "modality", "name", "label", "source", "created", "preview", "item_key")
 _SELECT = ", ".join(_FIELDS + tuple(_CODE_COLS.values()))
+#: The range of an SQLite INTEGER: ids outside it cannot be stored (lookups of them find nothing).
+_MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
@@ -248,7 +250,10 @@ class MetadataDB:
         return ItemRecord(codes=codes, **base)
 
     def _get(self, conn: sqlite3.Connection, item_id: int) -> ItemRecord | None:
-        row = conn.execute(f"SELECT {_SELECT} FROM items WHERE id=?", (int(item_id),)).fetchone()
+        item_id = int(item_id)
+        if not _MIN_ID <= item_id <= _MAX_ID:  # no such item (and sqlite3 would raise OverflowError)
+            return None
+        row = conn.execute(f"SELECT {_SELECT} FROM items WHERE id=?", (item_id,)).fetchone()
         return None if row is None else self._record(row)
 
     def get(self, item_id: int) -> ItemRecord | None:

@@ -29,6 +29,7 @@ from index.errors import StoreCorruptError, StoreLockedError
 from index.records import MODALITIES
 from index.store import HashStore
 
+from .auth import AdminGuardMiddleware
 from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
@@ -36,6 +37,7 @@ from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
 from .metrics import LatencyMiddleware, Metrics
 from .preflight import check_store
 from .routes import ROUTERS
+from .schemas import ErrorBody
 from .security import SecurityHeadersMiddleware
 from .settings import Settings
 from .state import ServiceState
@@ -44,6 +46,13 @@ from .uploads import MULTIPART_OVERHEAD, BodyLimitMiddleware
 logger = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
+
+#: Responses every route that takes input can give, documented with the body they really have (service.errors):
+#: 422 for invalid parameters (FastAPI would document its own list-of-errors form) and 503 while starting.
+COMMON_RESPONSES: dict[int | str, dict] = {
+    422: {"model": ErrorBody, "description": "Invalid parameters or body (`invalid_request`)"},
+    503: {"model": ErrorBody, "description": "Not ready yet (`not_ready`) or overloaded (`overloaded`)"},
+}
 
 
 def _set_threads(settings: Settings) -> None:
@@ -169,7 +178,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     parts = settings.max_form_parts
     for router in ROUTERS:
-        app.include_router(router, form_limits={"max_files": parts, "max_fields": parts})
+        # /health, /ready and /metrics take no input and do not need a running model
+        app.include_router(router, form_limits={"max_files": parts, "max_fields": parts},
+                           responses=None if router.tags == ["health"] else COMMON_RESPONSES)
     from fastapi.responses import FileResponse  # the web UI (docs/ui.md): the page at /, its files under /ui/
     from fastapi.staticfiles import StaticFiles
 
@@ -186,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, idle_timeout=settings.body_timeout_s,
                        total_timeout=settings.body_total_timeout_s)
+    app.add_middleware(AdminGuardMiddleware, token=settings.admin_token)  # before any admin body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

@@ -25,7 +25,8 @@ async def ready(state: StateDep) -> Response:
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
 async def metrics(state: StateDep) -> Response:
     m = state.metrics
     store, encoder = state.store, state.encoder

@@ -43,7 +43,8 @@ async def read_item(run: RunningDep, item_id: ItemId) -> Item:
     return item_body(run, get_item(run, item_id))
 
 
-@router.get("/{item_id}/preview.png", response_class=FileResponse, responses=NOT_FOUND)
+@router.get("/{item_id}/preview.png", response_class=FileResponse,
+            responses={**NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "the preview image"}})
 async def read_preview(run: RunningDep, item_id: ItemId) -> FileResponse:
     rec = get_item(run, item_id)
     path = run.writer.preview_path(rec.preview)
@@ -58,7 +59,9 @@ def _ply_bytes(path: str) -> bytes:
     return buf.getvalue()
 
 
-@router.get("/{item_id}/points.ply", responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}}}})
+@router.get("/{item_id}/points.ply", response_class=Response,
+            responses={**NOT_FOUND, 200: {"content": {"application/octet-stream": {}},
+                                          "description": "the point cloud as a binary PLY file"}})
 async def read_points(run: RunningDep, item_id: ItemId) -> Response:
     rec = get_item(run, item_id)
     if rec.modality != "points":

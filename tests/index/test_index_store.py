@@ -108,6 +108,18 @@ def test_delete_and_upsert(open_store, ref, rng) -> None:
     check_search(store, ref, rng, [1, 7, 60])
 
 
+def test_ids_beyond_sqlite_integers_are_unknown(open_store, ref, rng) -> None:
+    """Ids past 64 bits (e.g. from a URL) are not found rather than an OverflowError from sqlite3."""
+    store = open_store()
+    ids = store.add(make_items(rng, ref, 2, "points", "random"))
+    huge = (2**63, -(2**63) - 1, 10**40)
+    for item_id in huge:
+        assert store.get(item_id) is None
+        assert store.get_many([ids[0], item_id]) == [store.get(ids[0]), None]
+    assert store.delete([*huge, ids[1]]) == [ids[1]]
+    assert store.count() == 1
+
+
 def test_deleted_ids_are_not_reused(open_store, ref, rng) -> None:
     store = open_store()
     ids = store.add(make_items(rng, ref, 3, "image", "random"))

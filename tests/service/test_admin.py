@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import zipfile
@@ -47,6 +48,30 @@ def test_admin_auth(client, headers, status, code):
     for method, url in (("post", JOBS), ("get", f"{JOBS}/x"), ("delete", "/api/v1/admin/items/1")):
         r = getattr(client, method)(url, headers=headers)
         assert (r.status_code, r.json()["error"]) == (status, code)
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 401), ("wrong-token", 403), ("", 401)])
+def test_admin_refused_before_the_body_is_read(make_settings, tmp_path, token, status):
+    """A big upload without the right token is answered at once: not one byte of the body is received."""
+    app = create_app(make_settings(tmp_path))
+    headers = [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"900000000")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": JOBS, "raw_path": JOBS.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    received, sent = [], []
+
+    async def receive() -> dict:
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": len(received) < 16}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == status
+    assert received == []
 
 
 def test_admin_disabled_without_token(make_settings, tmp_path):
