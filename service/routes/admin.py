@@ -89,7 +89,7 @@ async def create_job(run: RunningDep, file: Annotated[UploadFile, File(descripti
 
 
 @router.post("/jobs/from-path", status_code=202, response_model=JobCreated,
-             responses={s: {"model": ErrorBody} for s in (404, 415, 422, 429)})
+             responses={s: {"model": ErrorBody} for s in (400, 404, 415, 422, 429)})
 async def create_path_job(run: RunningDep, body: PathJob) -> JSONResponse:
     """Index a ``.npz`` / ``.zip`` that already lives on the server under ``CMAH_IMPORT_ROOT`` (read in
     place, never copied nor deleted)."""

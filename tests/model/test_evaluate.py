@@ -44,7 +44,7 @@ def test_eval_json_has_documented_keys(eval_run):
     for d in ("i2p", "p2i", "i2i", "p2p"):
         for b in ("16", "32", "64"):
             assert 0.0 <= res["map"][d][b] <= 1.0
-    assert set(res["baselines"]) == {"lsh", "pca", "itq"}
+    assert set(res["baselines"]) == {"lsh", "pca", "itq", "djsrh"}
     assert res["weights"]["sha256"] and res["data"]["query"]["sha256"]
     assert res["encode_ms"]["image"] > 0 and res["throughput"]["points"] > 0
     for name in ("precision_at_k.png", "pr_curves.png", "tsne_64bit.png"):

@@ -102,7 +102,9 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
-    server = LiveServer(make_settings(tmp_path_factory.mktemp("schemathesis")))
+    root = tmp_path_factory.mktemp("schemathesis")
+    (root / "imports").mkdir()  # server-side imports enabled (an empty root: fuzzed paths are 403/404/415/422)
+    server = LiveServer(make_settings(root / "data", import_root=root / "imports"))
     server.start()
     try:
         yield server
@@ -127,6 +129,8 @@ def test_api_conforms_to_its_spec(case: schemathesis.Case, auth: str, live: Live
         assert status == expected, (auth, case.method, case.formatted_path, status, response.text)
         if status == 401:
             assert response.headers.get("www-authenticate") == ["Bearer"]
+    elif status == 403 and case.path.endswith("/from-path"):  # a path outside the import root: refused
+        assert response.json()["error"] in ("outside_import_root", "forbidden"), response.text
     else:
         assert status not in (401, 403), (auth, case.method, case.formatted_path, status, response.text)
 
