@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import admin_headers, ply_bytes, png_bytes, wait_ready
+from svc_helpers import admin_headers, ply_bytes, png_bytes, wait_job, wait_ready
 
 from model.dataset import load_dataset, save_dataset
 from service.app import create_app
 from service.jobs import FILE_GONE, JOB_DB, JobStore
 
 JOBS = "/api/v1/admin/jobs"
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"{JOBS}/{job_id}", headers=admin_headers()).json()
-        if body["state"] in ("succeeded", "failed"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
 
 
 @pytest.fixture(scope="module")
