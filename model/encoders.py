@@ -98,8 +98,22 @@ class MiniPointNet(nn.Module):
         self.act = nn.GELU()
         self.out = nn.Linear(c3, dim)
 
+    #: without autograd, groups are embedded this many at a time: the per-point activations of a whole
+    #: batch (B*G*k rows, 131k x 128 floats per tensor at B = 64) fall out of the CPU caches, which made a
+    #: batch slower per cloud than chunks of 8 clouds (3.9 vs 1.9 ms per cloud measured on 2 cores).
+    #: Row-wise operations only, so chunking gives the same result.
+    inference_chunk_groups: int = 512
+
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         """groups [B, G, k, 3] -> tokens [B, G, D]."""
+        b, g = groups.shape[:2]
+        if torch.is_grad_enabled() or b * g <= self.inference_chunk_groups:
+            return self.embed(groups)
+        per = max(1, self.inference_chunk_groups // g)
+        return torch.cat([self.embed(chunk) for chunk in groups.split(per)])
+
+    def embed(self, groups: torch.Tensor) -> torch.Tensor:
+        """groups [B, G, k, 3] -> tokens [B, G, D] in one pass."""
         f = self.first(groups)                                           # [B, G, k, c2]
         g = f.max(dim=2, keepdim=True).values                            # [B, G, 1, c2]
         f = self.act(self.norm(self.point_proj(f) + self.group_proj(g)))  # [B, G, k, c3]

@@ -298,3 +298,19 @@ def test_masked_views_do_not_update_inference_statistics():
     assert torch.equal(head.bn.running_mean, before)
     head(torch.randn(8, TINY.image.dim))
     assert not torch.equal(head.bn.running_mean, before)
+
+
+def test_point_tokenizer_chunked_inference_equals_one_pass():
+    from model.config import TINY
+    from model.encoders import MiniPointNet
+
+    torch.manual_seed(0)
+    tok = MiniPointNet(TINY.points.dim, TINY.points.pointnet_widths).eval()
+    tok.inference_chunk_groups = 32                      # 2 clouds of 16 groups per chunk
+    groups = torch.randn(7, 16, 8, 3)
+    with torch.no_grad():
+        chunked = tok(groups)
+        whole = tok.embed(groups)
+    assert chunked.shape == whole.shape == (7, 16, TINY.points.dim)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tok(groups).detach(), whole, rtol=1e-5, atol=1e-6)  # autograd: one pass
