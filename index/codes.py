@@ -19,7 +19,8 @@ BITS_CHOICES: tuple[int, ...] = (16, 32, 64)
 POPCOUNT_TABLE: np.ndarray = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.uint8)
 
 _HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
-_WORD_DTYPES = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+#: unsigned word type of a code of 2, 4 or 8 bytes (one word per code: xor + popcount per item)
+WORD_DTYPES = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def check_bits(bits: int) -> int:
@@ -101,7 +102,7 @@ def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 def _as_words(codes: np.ndarray) -> np.ndarray | None:
     """View ``uint8 [N, B]`` codes as ``[N]`` unsigned words when ``B`` is 2, 4 or 8, else ``None``."""
-    dtype = _WORD_DTYPES.get(codes.shape[1])
+    dtype = WORD_DTYPES.get(codes.shape[1])
     if dtype is None:
         return None
     return np.ascontiguousarray(codes).view(dtype)[:, 0]

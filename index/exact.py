@@ -29,7 +29,7 @@ PAD_DISTANCE = -1
 _BIG_DISTANCE = np.iinfo(np.int32).max
 _BIG_ID = np.iinfo(np.int64).max
 _BIG_KEY = np.iinfo(np.int64).max
-_KEY_SHIFT = 47  # ids below 2**47 share an int64 sort key with distances up to 64
+KEY_SHIFT = 47  # ids below 2**47 share an int64 sort key with distances up to 64
 
 #: ``fetch_band(query_rows, band_distance, need) -> [ids per row]``: for query ``query_rows[i]``,
 #: ids of items at distance exactly ``band_distance[i]`` that include the ``need[i]`` smallest such
@@ -52,17 +52,17 @@ def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _sort_rows(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort every row by ``(distance, id)``, invalid entries (``id < 0``) last; int64 results."""
     valid = ids >= 0
-    if ids.size and ids.max() >= 1 << _KEY_SHIFT:  # huge ids: two-key sort
+    if ids.size and ids.max() >= 1 << KEY_SHIFT:  # huge ids: two-key sort
         d = np.where(valid, dist, _BIG_DISTANCE).astype(np.int64)
         i = np.where(valid, ids, _BIG_ID)
         order = np.lexsort((i, d), axis=-1)
         return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
     # one int64 key per entry (distance <= 64 in the high bits, id below): a single plain sort
-    key = np.where(valid, (dist.astype(np.int64) << _KEY_SHIFT) | ids, _BIG_KEY)
+    key = np.where(valid, (dist.astype(np.int64) << KEY_SHIFT) | ids, _BIG_KEY)
     key.sort(axis=1)
     missing = key == _BIG_KEY
-    d = np.where(missing, _BIG_DISTANCE, key >> _KEY_SHIFT)
-    i = np.where(missing, _BIG_ID, key & ((1 << _KEY_SHIFT) - 1))
+    d = np.where(missing, _BIG_DISTANCE, key >> KEY_SHIFT)
+    i = np.where(missing, _BIG_ID, key & ((1 << KEY_SHIFT) - 1))
     return d, i
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from index.codes import as_codes, check_bits
+from index.codes import WORD_DTYPES, as_codes, check_bits
 from index.exact import BandFetcher, check_k, empty_result, resolve_ties
 from index.mih import DEFAULT_BUDGET_FACTOR, MultiIndexHash
 
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_THREADS = faiss.omp_get_max_threads()
 _HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
-_WORD = {4: np.uint32, 8: np.uint64}
 _SCAN_CHUNK = 1 << 16
 
 #: bytes per code as stored in FAISS, per code length.
@@ -348,9 +347,9 @@ class FaissFlatIndex:
         flat = faiss.downcast_IndexBinary(self._index.index)
         n = self.ntotal
         # zero-copy views of FAISS's storage; valid because writers are excluded during searches
-        xb = faiss.rev_swig_ptr(flat.xb.data(), n * self.faiss_bytes).view(_WORD[self.faiss_bytes])
+        xb = faiss.rev_swig_ptr(flat.xb.data(), n * self.faiss_bytes).view(WORD_DTYPES[self.faiss_bytes])
         id_map = faiss.rev_swig_ptr(self._index.id_map.data(), n)
-        qword = query.view(_WORD[self.faiss_bytes])[0]
+        qword = query.view(WORD_DTYPES[self.faiss_bytes])[0]
         found: list[np.ndarray] = []
         total = 0
         for start in range(0, n, _SCAN_CHUNK):

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.codes import popcount
-from index.exact import empty_result
+from index.codes import WORD_DTYPES, popcount
+from index.exact import KEY_SHIFT, empty_result
 
 SUB_BITS = 16
 NBUCKETS = 1 << SUB_BITS
@@ -71,9 +71,6 @@ CHUNK = 4096
 #: a query falls back to the scan when its estimated MIH cost would exceed this many scans.
 DEFAULT_BUDGET_FACTOR = 1.0
 
-_KEY_SHIFT = 47
-_WORD = {1: np.uint16, 2: np.uint32, 4: np.uint64}
-
 
 def complete_radius(a: int, j: int, m: int) -> int:
     """Radius within which all items have been found after step ``(a, j)`` (module docstring)."""
@@ -95,14 +92,14 @@ class MultiIndexHash:
         if codes.shape[0] != n:
             raise ValueError(f"{n} ids for {codes.shape[0]} codes")
         subs = np.ascontiguousarray(codes[:, : bits // 8]).view(np.uint16)  # [N, m]
-        words = subs.view(_WORD[m])[:, 0]
+        words = subs.view(WORD_DTYPES[2 * m])[:, 0]
         #: ``rows[t * N : (t + 1) * N]``: table t, the rows sorted by substring t (stable)
         self.rows = np.empty(m * n, dtype=np.int32 if n < 1 << 31 else np.int64)
         #: ``offsets[t * 65536 + v] .. offsets[t * 65536 + v + 1]``: the slice of ``rows`` of bucket v of table t
         self.offsets = np.empty(m * NBUCKETS + 1, dtype=np.int64)
         #: the codes as words (``uint32/64``) in the order of ``rows`` (m > 1 only): candidates are read
         #: sequentially, bucket by bucket, instead of by random access
-        self.words = np.empty(m * n if m > 1 else 0, dtype=_WORD[m])
+        self.words = np.empty(m * n if m > 1 else 0, dtype=WORD_DTYPES[2 * m])
         for t in range(m):
             col = np.ascontiguousarray(subs[:, t])
             order = np.argsort(col, kind="stable")  # radix sort for uint16
@@ -116,7 +113,7 @@ class MultiIndexHash:
         #: ``_step_tables[t][v] = popcount(v) * m + t``: rank of the step of table t that finds substring value v
         ranks = _WEIGHTS.astype(np.uint8)[None, :] * np.uint8(m)
         self._step_tables = ranks + np.arange(m, dtype=np.uint8)[:, None]
-        self._huge_ids = bool(n and self.ids.max() >= 1 << _KEY_SHIFT)
+        self._huge_ids = bool(n and self.ids.max() >= 1 << KEY_SHIFT)
         self._table_base = np.arange(m, dtype=np.int64) * NBUCKETS
 
     @property
@@ -164,7 +161,7 @@ class MultiIndexHash:
         offsets = self.offsets
         budget = self.budget_ns
         qvals = qsub.astype(np.int64)
-        qword = qsub.view(_WORD[m])[0]
+        qword = qsub.view(WORD_DTYPES[2 * m])[0]
         bound = bits  # k-th smallest distance among the items found so far (an upper bound of the result's)
         hist = np.zeros(bits + 1, dtype=np.int64)  # found items per full distance
         parts_r: list[np.ndarray] = []
@@ -267,8 +264,8 @@ class MultiIndexHash:
         if self._huge_ids:
             order = np.lexsort((ids, d))[:k]
             return d[order].astype(np.int32), ids[order]
-        key = (d << _KEY_SHIFT) | ids
+        key = (d << KEY_SHIFT) | ids
         if key.size > k:
             key = np.partition(key, k - 1)[:k]
         key.sort()
-        return (key >> _KEY_SHIFT).astype(np.int32), key & ((1 << _KEY_SHIFT) - 1)
+        return (key >> KEY_SHIFT).astype(np.int32), key & ((1 << KEY_SHIFT) - 1)
