@@ -79,6 +79,9 @@ class CMAHConfig:
     hash_hidden: int = 512
     image_mask_ratio: float = 0.75
     point_mask_ratio: float = 0.6
+    #: hash layer kind (model.hash_head.HEAD_KINDS): "bn" is trained with the encoders; "normed" is
+    #: what ``cmah refit-heads`` fits on frozen encoder features
+    hash_head: str = "bn"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +102,7 @@ class CMAHConfig:
             hash_hidden=d.get("hash_hidden", 512),
             image_mask_ratio=d.get("image_mask_ratio", 0.75),
             point_mask_ratio=d.get("point_mask_ratio", 0.6),
+            hash_head=d.get("hash_head", "bn"),
         )
 
     def with_loss(self, **changes: Any) -> CMAHConfig:

@@ -1,4 +1,11 @@
-"""Hash layers: FC -> BN -> ReLU -> FC -> tanh on the [CLS] feature, one head per code length.
+"""Hash layers on the [CLS] feature, one head per code length; two kinds (``CMAHConfig.hash_head``).
+
+* ``"bn"`` (trained end to end with the encoders): FC -> BN -> ReLU -> FC -> tanh.
+* ``"normed"`` (re-fitted on frozen encoder features by ``model.refit``): fixed feature
+  standardisation (per-dimension mean / std of the training features) -> L2 normalisation -> the
+  paper's FC -> ReLU -> FC -> tanh.
+
+Why the trained head has a BatchNorm:
 
 The paper's hash layer is FC -> ReLU -> FC -> tanh. Trained from scratch (no pretrained backbones),
 that head collapsed in our measurements: at initialisation the [CLS] features of one modality are
@@ -40,15 +47,53 @@ class HashHead(nn.Module):
         return torch.tanh(self.fc2(torch.relu(h)))
 
 
-class MultiHashHead(nn.Module):
-    """Heads for several code lengths trained jointly on one encoder; keys are str(bits)."""
+class PlainHashHead(nn.Module):
+    """The paper's hash layer: FC -> ReLU -> FC -> tanh."""
 
-    def __init__(self, dim: int, hidden: int, bits: tuple[int, ...]):
+    def __init__(self, dim: int, hidden: int, bits: int):
         super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, bits)
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """[B, D] -> continuous codes in (-1, 1) [B, bits] (``update_stats`` has nothing to update)."""
+        return torch.tanh(self.fc2(torch.relu(self.fc1(x))))
+
+
+class FeatureNorm(nn.Module):
+    """Fixed standardisation with stored statistics, then L2 normalisation of each row."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize((x - self.mean) / self.std, dim=-1)
+
+
+HEAD_KINDS: dict[str, type[nn.Module]] = {"bn": HashHead, "normed": PlainHashHead}
+
+
+class MultiHashHead(nn.Module):
+    """Heads for several code lengths on one encoder; keys are str(bits). ``kind`` is one of
+    :data:`HEAD_KINDS`; ``"normed"`` adds one :class:`FeatureNorm` shared by the heads."""
+
+    def __init__(self, dim: int, hidden: int, bits: tuple[int, ...], kind: str = "bn"):
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"unknown hash head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
         self.bits = tuple(bits)
-        self.heads = nn.ModuleDict({str(b): HashHead(dim, hidden, b) for b in self.bits})
+        self.kind = kind
+        self.norm = FeatureNorm(dim) if kind == "normed" else nn.Identity()
+        self.heads = nn.ModuleDict({str(b): HEAD_KINDS[kind](dim, hidden, b) for b in self.bits})
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> dict[int, torch.Tensor]:
+        x = self.norm(x)
         return {b: self.heads[str(b)](x, update_stats) for b in self.bits}
 
 

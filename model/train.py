@@ -66,6 +66,9 @@ class TrainConfig:
     #: rotate training point clouds about z (off: keep the dataset's aligned orientation)
     rotate_points: bool = False
     compile: bool = False                # torch.compile the model (GPU)
+    #: start from the model weights of another run's checkpoint (fine-tune / continue with a fresh
+    #: optimiser and schedule); ignored when ``--resume`` finds a checkpoint of this run
+    init_from: str | None = None
     amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
 
 
@@ -143,8 +146,12 @@ class Trainer:
         ckpt = self.out / CHECKPOINT_FILE
         if resume and ckpt.is_file():
             self._load_checkpoint(ckpt)
-        elif resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
+        else:
+            if resume:
+                log.warning("--resume: no checkpoint in %s, starting from %s", self.out,
+                            tc.init_from or "scratch")
+            if tc.init_from:
+                self._init_from(Path(tc.init_from))
         self.step_fn = self.model.forward_loss
         if tc.compile:
             self.step_fn = torch.compile(self.model.forward_loss)
@@ -175,7 +182,7 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------------
     def _load_checkpoint(self, path: Path) -> None:
         ck = torch.load(path, map_location=self.device, weights_only=False)
-        if ck["model_config"] != self.cfg.to_dict():
+        if CMAHConfig.from_dict(ck["model_config"]).to_dict() != self.cfg.to_dict():
             raise ValueError(f"{path}: checkpoint was trained with a different model config; "
                              "use the same --config/--ablation or a new --out directory")
         self.model.load_state_dict(ck["model"])
@@ -185,6 +192,17 @@ class Trainer:
         self.gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _init_from(self, path: Path) -> None:
+        """Model weights of another run (its optimiser, schedule and step count are not taken)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint (--init-from)")
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if CMAHConfig.from_dict(ck.get("model_config", {})).to_dict() != self.cfg.to_dict():
+            raise ValueError(f"{path}: checkpoint was trained with a different model config; "
+                             "--init-from needs the same --config/--ablation")
+        self.model.load_state_dict(ck["model"])
+        log.info("initialised from %s (its step %d)", path, ck.get("step", 0))
 
     def save_checkpoint(self, elapsed: float) -> None:
         _atomic_torch_save({

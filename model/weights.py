@@ -97,7 +97,10 @@ def load_weights(weights_dir: str | Path = SHIPPED_WEIGHTS_DIR, device: str | to
     if expect_config is not None and expect_config.to_dict() != cfg.to_dict():
         raise WeightsError(f"{d}: weights were trained with config {cfg.name!r}, which does not match "
                            f"the expected config {expect_config.name!r}")
-    model = HashEncoder(cfg)
+    try:
+        model = HashEncoder(cfg)
+    except ValueError as exc:
+        raise WeightsError(f"{d}: manifest config is invalid ({exc})") from None
     state = load_file(str(d / WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:

@@ -86,16 +86,67 @@ def cmd_train(args: argparse.Namespace) -> int:
                      schedule=args.schedule, seed=args.seed, n_train=args.n_train,
                      time_limit_min=args.time_limit_min, time_budget_min=args.time_budget_min,
                      max_steps=args.max_steps, compile=args.compile, warmup_epochs=args.warmup_epochs,
-                     rotate_points=args.rotate_points, view_azim_spread=args.view_azim_spread)
+                     rotate_points=args.rotate_points, view_azim_spread=args.view_azim_spread,
+                     init_from=args.init_from)
     set_cpu_threads(args.threads)
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
-    trainer = Trainer(cfg, tc, args.data, args.out, device=args.device, resume=args.resume,
-                      show_progress=not args.quiet)
+    if args.init_from and not Path(args.init_from).is_file():
+        raise CLIError(f"{args.init_from}: no such checkpoint (--init-from)")
+    try:
+        trainer = Trainer(cfg, tc, args.data, args.out, device=args.device, resume=args.resume,
+                          show_progress=not args.quiet)
+    except ValueError as exc:
+        if type(exc) is not ValueError:
+            raise
+        raise CLIError(str(exc)) from None
     summary = trainer.run()
     last = summary["history"][-1]["loss"] if summary["history"] else float("nan")
     print(f"{summary['stopped']}: {summary['steps']} steps, {summary['epochs_done']} epochs, "  # noqa: T201
           f"{summary['elapsed_s']:.0f} s, last loss {last:.4f}; weights in {Path(args.out) / 'weights'}")
+    return 0
+
+
+# --- refit-heads -----------------------------------------------------------------------------------
+def cmd_refit_heads(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from model.dataset import load_dataset, make_split
+    from model.device import set_cpu_threads
+    from model.djsrh import DJSRHConfig
+    from model.encode import Encoder
+    from model.refit import RefitConfig, fit_heads, pair_features
+    from model.weights import SHIPPED_WEIGHTS_DIR, read_manifest, save_weights
+
+    set_cpu_threads(args.threads)
+    epochs = DJSRHConfig().epochs if args.epochs is None else args.epochs
+    views = RefitConfig().views if args.views is None else args.views
+    hidden = RefitConfig().hidden if args.hidden is None else args.hidden
+    if views < 0 or epochs < 1 or hidden < 1:
+        raise CLIError("--views must be >= 0, --epochs and --hidden >= 1")
+    out = Path(args.out).resolve()
+    weights = Path(args.weights or SHIPPED_WEIGHTS_DIR).resolve()
+    if out == weights:
+        raise CLIError(f"{out}: --out must differ from the source weights directory")
+    if not Path(args.data).is_file():
+        raise CLIError(f"{args.data}: no such dataset file")
+    enc = Encoder.from_weights(weights, args.device)
+    source = read_manifest(weights)
+    ds = load_dataset(args.data)
+    split = make_split(len(ds), n_train=args.n_train)
+    cfg = RefitConfig(views=views, hidden=hidden, seed=args.seed,
+                      djsrh=dataclasses.replace(DJSRHConfig(), epochs=epochs))
+    feats = pair_features(enc, ds.points[split.train], views=cfg.views, seed=cfg.seed,
+                          progress=not args.quiet)
+    model = fit_heads(enc.model, feats, cfg)
+    refit = {"source_weights": str(weights), "source_sha256": source.get("files", {}),
+             "data": {"path": str(args.data), "sha256": ds.sha256, "shapes": len(ds),
+                      "train": len(split.train), "feature_rows": len(feats.image)},
+             "config": dataclasses.asdict(cfg)}
+    extra = {k: source[k] for k in ("training",) if k in source}
+    save_weights(model, out, extra={**extra, "head_refit": refit})
+    print(f"refitted {list(model.cfg.bits)}-bit heads on {len(feats.image)} image/point feature pairs "  # noqa: T201
+          f"of {len(split.train)} training shapes; weights in {out}")
     return 0
 
 
@@ -244,8 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from another run's model weights (fresh optimiser and schedule)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("refit-heads", help="re-fit the hash layers on the frozen encoders' features "
+                       "(second training stage; writes a new weights directory)")
+    f.add_argument("--data", required=True, help="dataset .npz; its documented training split is used")
+    f.add_argument("--weights", help="source weights directory (default: the shipped weights)")
+    f.add_argument("--out", required=True, help="new weights directory")
+    f.add_argument("--views", type=int, help="random-view renders per shape besides the canonical one "
+                   "(default: model.refit.RefitConfig's 0; more did not help, docs/ablation.md)")
+    f.add_argument("--epochs", type=int, help="passes over the features (default: model.djsrh's 40)")
+    f.add_argument("--hidden", type=int, help="hidden width of the hash layers (default: RefitConfig's 1024)")
+    f.add_argument("--n-train", type=int, help="training shapes (default: the whole retrieval set)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--threads", type=int)
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=cmd_refit_heads)
 
     e = sub.add_parser("eval", help="mAP@K, curves, t-SNE, timings and baselines")
     e.add_argument("--weights", help="weights directory (default: the shipped weights)")

@@ -20,6 +20,7 @@ from model.masking import random_masking
 from model.pointops import farthest_point_sample, group_points
 from model.train import TrainConfig, Trainer
 from model.weights import MANIFEST_FILE, WEIGHTS_FILE, WeightsError, load_weights, save_weights
+from service.cli import main
 
 
 def _batch(cfg: CMAHConfig, b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,3 +315,27 @@ def test_point_tokenizer_chunked_inference_equals_one_pass():
     assert chunked.shape == whole.shape == (7, 16, TINY.points.dim)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tok(groups).detach(), whole, rtol=1e-5, atol=1e-6)  # autograd: one pass
+
+
+def test_init_from_takes_the_weights_but_not_the_schedule(synth_npz, tmp_path):
+    src = tmp_path / "src"
+    Trainer(TINY, TrainConfig(batch_size=16, max_steps=2), synth_npz, src, show_progress=False).run()
+    ck = torch.load(src / "checkpoint.pt", weights_only=False)
+    tc = TrainConfig(batch_size=16, max_steps=1, init_from=str(src / "checkpoint.pt"), seed=1)
+    tr = Trainer(TINY, tc, synth_npz, tmp_path / "dst", show_progress=False)
+    assert tr.step == 0 and tr.epoch == 0 and tr.history == []
+    assert all(torch.equal(v, ck["model"][k]) for k, v in tr.model.state_dict().items())
+    assert not tr.opt.state_dict()["state"]                                     # fresh optimiser
+    # a later --resume of the new run continues the new run, not the source
+    tr.run()
+    tr2 = Trainer(TINY, dataclasses.replace(tc, max_steps=2), synth_npz, tmp_path / "dst", resume=True,
+                  show_progress=False)
+    assert tr2.step == 1
+    with pytest.raises(ValueError, match="different model config"):
+        Trainer(TINY.with_loss(temperature=0.5), tc, synth_npz, tmp_path / "other", show_progress=False)
+
+
+def test_train_cli_init_from_errors(synth_npz, tmp_path, capsys):
+    assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "r"),
+                 "--init-from", str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
