@@ -441,8 +441,9 @@ def _search_threads(
 def warm_up(word_dtype: np.dtype | type, *, parallel: bool = False) -> None:
     """Compile (or load from numba's on-disk cache) the kernels for one word type.
 
-    ``parallel`` also prepares the multi-threaded driver and the merge (only needed by searches
-    with ``threads > 1``; compiling it takes longest). Later calls return at once.
+    The single-thread kernel always; with ``parallel`` also the multi-threaded driver and the merge
+    (only needed by searches with ``threads > 1``; compiling it takes longest). Later calls return
+    at once.
     """
     dtype = np.dtype(word_dtype)
     if dtype.type not in _WORD_TYPES:
@@ -451,24 +452,24 @@ def warm_up(word_dtype: np.dtype | type, *, parallel: bool = False) -> None:
 
 
 def _warm_up(dtype: np.dtype, parallel: bool) -> None:
-    key = (dtype.name, parallel)
-    if key in _warm:
+    if (dtype.name, parallel) in _warm:
         return
     with _warm_lock:
-        if key in _warm:
-            return
-        t0 = time.perf_counter()
         words = np.arange(2 * SUB, dtype=dtype)
         ids = np.arange(words.size, dtype=np.int64)
-        if parallel:  # one query in two chunks: the parallel driver and the merge
-            _search_threads(words, ids, words[:1], 2, False, block_rows(dtype), 2)
-        else:
-            _search_serial(words, ids, words[:1], 2, False, block_rows(dtype))
-        _warm.add(key)
-        logger.debug(
-            "scan kernel for %s words (%s) ready in %.2f s; numba threading layer: %s",
-            dtype.name,
-            "parallel" if parallel else "serial",
-            time.perf_counter() - t0,
-            threading_layer(),
-        )
+        for key in [(dtype.name, False), (dtype.name, True)][: 1 + parallel]:  # serial always, parallel too
+            if key in _warm:
+                continue
+            t0 = time.perf_counter()
+            if key[1]:  # one query in two chunks: the parallel driver and the merge
+                _search_threads(words, ids, words[:1], 2, False, block_rows(dtype), 2)
+            else:
+                _search_serial(words, ids, words[:1], 2, False, block_rows(dtype))
+            _warm.add(key)
+            logger.debug(
+                "scan kernel for %s words (%s) ready in %.2f s; numba threading layer: %s",
+                dtype.name,
+                "parallel" if key[1] else "serial",
+                time.perf_counter() - t0,
+                threading_layer(),
+            )
