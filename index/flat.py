@@ -66,6 +66,9 @@ MIH_SMALL_BATCH = 8
 #: while MIH is expected to be slower than the scan, every this-many-th search still tries it, to
 #: notice when the data or the queries change.
 MIH_REPROBE = 16
+#: once both paths are timed, the other path is re-timed every MIH_REPROBE x (its slowdown, at most
+#: this) searches
+MIH_REPROBE_MAX_FACTOR = 16
 MIH_REBUILD = ("amortized", "eager")
 
 #: ``scan=`` choices: ``auto`` (the compiled kernel when numba imports, else FAISS), ``numba``, ``faiss``
@@ -399,11 +402,12 @@ class FaissFlatIndex:
 
         Once both paths have been timed on this kind of search (single queries, or batches), the
         faster by measured time per query wins (moving means; an MIH search's time includes its
-        fallback scans). Until then, MIH's *estimated* moving mean cost per query (in scans,
-        fallbacks included; 0 before the first use) must be below what one query costs in a scan of
-        ``nq`` queries spread over the scan's threads (FAISS scans a single query on one thread, the
-        compiled kernel splits it). Every :data:`MIH_REPROBE`-th search takes the other path. With a
-        GPU accelerator only small batches use MIH.
+        fallback scans), and the other path is re-timed every :data:`MIH_REPROBE` x (its slowdown,
+        at most :data:`MIH_REPROBE_MAX_FACTOR`) searches. Until then, MIH's *estimated* moving mean
+        cost per query (in scans, fallbacks included; 0 before the first use) must be below what one
+        query costs in a scan of ``nq`` queries spread over the scan's threads (FAISS scans a single
+        query on one thread, the compiled kernel splits it), and every :data:`MIH_REPROBE`-th search
+        takes the other path. With a GPU accelerator only small batches use MIH.
         """
         if not self.mih_enabled or self.ntotal < self.mih_min_items:
             return False
@@ -411,12 +415,16 @@ class FaissFlatIndex:
             return False
         kind = _batch_kind(nq)
         mih_seconds, scan_seconds = self._mih_seconds[kind], self._scan_seconds[kind]
+        every = MIH_REPROBE
         if mih_seconds > 0 and scan_seconds > 0:  # both measured on this kind of search: compare
             prefer = mih_seconds < scan_seconds
+            # the slower the other path, the rarer its re-measurement (its cost stays under 1/16)
+            slowdown = max(mih_seconds, scan_seconds) / min(mih_seconds, scan_seconds)
+            every = MIH_REPROBE * min(MIH_REPROBE_MAX_FACTOR, max(1, int(slowdown)))
         else:
             prefer = self._mih_cost * self._scan_parallelism(nq) < 1.0
         self._mih_skips += 1
-        if self._mih_skips % MIH_REPROBE == 0:
+        if self._mih_skips % every == 0:
             return not prefer  # now and then, the other path (keeps both measurements current)
         return prefer
 

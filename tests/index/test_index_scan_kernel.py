@@ -16,7 +16,7 @@ import pytest
 import index.flat as flat_module
 from index import HashStore
 from index.codes import BITS_CHOICES, WORD_DTYPES
-from index.flat import KERNEL_SCAN_NS, MIH_REPROBE, FaissFlatIndex, load_scan_kernel
+from index.flat import KERNEL_SCAN_NS, MIH_REPROBE, MIH_REPROBE_MAX_FACTOR, FaissFlatIndex, load_scan_kernel
 from index.mih import SCAN_NS
 
 if load_scan_kernel() is None:  # pragma: no cover - numba is a dependency; the fallback is tested below
@@ -298,14 +298,20 @@ def test_mih_budget_and_choice_follow_the_scan(rng: np.random.Generator) -> None
     index.scan = "auto"
     assert index.scan == "numba"
 
-    # measured times decide once both paths ran; every MIH_REPROBE-th search takes the other path
-    index._mih_seconds[:] = [1e-4, 1e-3]
-    index._scan_seconds[:] = [2e-4, 5e-4]
+    # measured times decide once both paths ran; the other path is re-timed every MIH_REPROBE x
+    # (its slowdown, at most MIH_REPROBE_MAX_FACTOR) searches
+    index._mih_seconds[:] = [0.25, 1.0]
+    index._scan_seconds[:] = [0.75, 0.5]
     index._mih_skips = 0
-    picks = [index._use_mih(1) for _ in range(2 * MIH_REPROBE)]
-    assert picks.count(False) == 2 and not picks[MIH_REPROBE - 1]
-    picks = [index._use_mih(64) for _ in range(2 * MIH_REPROBE)]
-    assert picks.count(True) == 2
+    picks = [index._use_mih(1) for _ in range(6 * MIH_REPROBE)]  # MIH 3x faster: scan every 48th
+    assert picks.count(False) == 2 and not picks[3 * MIH_REPROBE - 1]
+    index._mih_skips = 0
+    picks = [index._use_mih(64) for _ in range(4 * MIH_REPROBE)]  # MIH 2x slower: MIH every 32nd
+    assert picks.count(True) == 2 and picks[2 * MIH_REPROBE - 1]
+    index._scan_seconds[0] = 2500.0  # 10,000x slower: capped
+    index._mih_skips = 0
+    picks = [index._use_mih(1) for _ in range(MIH_REPROBE * MIH_REPROBE_MAX_FACTOR)]
+    assert picks.count(False) == 1
     # and a search records its time on the path it took
     index._mih_seconds[:] = index._scan_seconds[:] = [0.0, 0.0]
     index._mih_cost = 0.0
