@@ -16,7 +16,8 @@ tie resolution needed) reading FAISS's storage in place (for 16-bit codes a comp
 rebuilt after changes). ``scan="faiss"`` selects FAISS's ``IndexBinaryFlat`` scan followed by
 :func:`index.exact.resolve_ties` (also the fallback when numba is missing); ``scan="auto"`` (default)
 takes the kernel when numba imports. The kernel is compiled (or loaded from numba's on-disk cache)
-when the index is created, not by the first query.
+when the index is created, not by a query: ``"numba"`` waits for it, ``"auto"`` does it in a
+background thread and scans with FAISS until it is ready.
 
 16-bit codes are stored zero-padded to 32 bits: FAISS has no specialised Hamming kernel for 2-byte
 codes and its generic path is ~7x slower than the 4-byte one (see ``docs/benchmarks-search.md``);
@@ -228,6 +229,7 @@ class FaissFlatIndex:
         self._mih_seconds = [0.0, 0.0]
         self._scan_seconds = [0.0, 0.0]
         self._kernel: ModuleType | None = None
+        self._kernel_pending: ModuleType | None = None  # warming up in the background
         self._kernel_db: tuple[np.ndarray, np.ndarray] | None = None  # see _kernel_arrays (None: stale)
         self.scan = scan
 
@@ -235,8 +237,10 @@ class FaissFlatIndex:
     def scan(self) -> str:
         """The full scan in use: ``"numba"`` (:mod:`index.scan_kernel`) or ``"faiss"``.
 
-        Set it to one of :data:`SCAN_CHOICES`; the kernel is compiled (or loaded from numba's cache)
-        at once, so the next query does not wait for it.
+        Set it to one of :data:`SCAN_CHOICES`. ``"numba"`` compiles (or loads from numba's cache)
+        the kernel at once, waiting for it; ``"auto"`` does so in a background thread unless it is
+        ready already, and searches scan with FAISS until it is (so neither opening an index nor a
+        query ever waits for a compilation).
         """
         return "faiss" if self._kernel is None else "numba"
 
@@ -247,14 +251,31 @@ class FaissFlatIndex:
         kernel = None if choice == "faiss" else load_scan_kernel()
         if kernel is None and choice == "numba":
             raise ValueError(f"scan='numba' needs the numba package ({_kernel_error})")
+        self._kernel_pending = None
         if kernel is not None:
-            parallel = min(self.max_threads, kernel.max_threads()) > 1
-            kernel.warm_up(WORD_DTYPES[self.code_bytes], parallel=parallel)
+            word, parallel = WORD_DTYPES[self.code_bytes], min(self.max_threads, kernel.max_threads()) > 1
+            if choice == "numba" or kernel.is_ready(word, parallel=parallel):
+                kernel.warm_up(word, parallel=parallel)
+            else:  # "auto": compile / load in the background; FAISS scans until the kernel is ready
+                kernel.warm_up_in_background(word, parallel=parallel)
+                self._kernel_pending, kernel = kernel, None
+        self._set_kernel(kernel)
+
+    def _set_kernel(self, kernel: ModuleType | None) -> None:
         self._kernel = kernel
         if self._mih is not None:
             self._mih.scan_ns = self.scan_ns
         self._mih_cost = 0.0  # the moving means were of the previous scan
         self._mih_seconds[:] = self._scan_seconds[:] = [0.0, 0.0]
+
+    def _check_pending_kernel(self) -> None:
+        """Switch to the kernel once its background warm-up (``scan="auto"``) is done."""
+        kernel = self._kernel_pending
+        parallel = kernel is not None and min(self.max_threads, kernel.max_threads()) > 1
+        if kernel is not None and kernel.is_ready(WORD_DTYPES[self.code_bytes], parallel=parallel):
+            self._kernel_pending = None
+            self._set_kernel(kernel)
+            logger.debug("%d-bit index: compiled scan kernel ready", self.bits)
 
     @property
     def scan_ns(self) -> float:
@@ -319,6 +340,8 @@ class FaissFlatIndex:
         q = pad_codes(as_codes(query_codes, self.bits, name="query_codes"), self.faiss_bytes)
         if self.ntotal == 0 or q.shape[0] == 0:
             return empty_result(q.shape[0], k)
+        if self._kernel_pending is not None:
+            self._check_pending_kernel()
         nq = len(q)
         mih = self._ready_mih(nq)
         t0 = time.perf_counter()

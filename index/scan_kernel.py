@@ -33,7 +33,8 @@ A single query (or fewer queries than threads) is split over the database instea
 one chunk of rows and the per-chunk top-k lists are merged.
 
 The functions are compiled on first use and cached on disk (``cache=True``); :func:`warm_up` compiles
-(or loads) them for one word type so that the first query does not wait. They release the GIL.
+(or loads) them for one word type so that the first query does not wait, :func:`warm_up_in_background`
+does it in a daemon thread (:func:`is_ready` tells when it is done). They release the GIL.
 With numba's ``workqueue`` threading layer (no OpenMP or TBB runtime found), which must not be
 entered by two threads at once, a parallel call that finds another one running runs serially.
 """
@@ -345,7 +346,9 @@ def block_rows(word_dtype: np.dtype | type) -> int:
 _BLOCK_ROWS = {np.dtype(t).itemsize: block_rows(t) for t in _WORD_TYPES}
 _parallel_lock = threading.Lock()
 _warm_lock = threading.Lock()
-_warm: set[tuple[str, bool]] = set()
+_warm: set[tuple[str, bool]] = set()  # (word type, parallel) compiled or loaded in this process
+_started: set[tuple[str, bool]] = set()  # background warm-ups started
+_started_lock = threading.Lock()
 
 
 def threading_layer() -> str:
@@ -379,6 +382,8 @@ def search(
     Returns:
         ``(distances int32 [Q, k], ids int64 [Q, k])``, padded with -1 (:mod:`index.exact`).
     """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     words = np.ascontiguousarray(words)
     if words.dtype.type not in _WORD_TYPES:
         raise ValueError(f"codes must be one of {[t.__name__ for t in _WORD_TYPES]} words, got {words.dtype}")
@@ -438,17 +443,48 @@ def _search_threads(
     return out_d, out_i
 
 
+def is_ready(word_dtype: np.dtype | type, *, parallel: bool = False) -> bool:
+    """The kernels a search with these settings may call are compiled (or loaded) in this process."""
+    name = np.dtype(word_dtype).name
+    return (name, False) in _warm and (not parallel or (name, True) in _warm)
+
+
+def warm_up_in_background(word_dtype: np.dtype | type, *, parallel: bool = False) -> None:
+    """:func:`warm_up` in a daemon thread (once per word type and mode); see :func:`is_ready`.
+
+    A failure is logged (the callers keep scanning with FAISS).
+    """
+    dtype = _check_word_type(word_dtype)
+    key = (dtype.name, parallel)
+    with _started_lock:
+        if key in _started or is_ready(dtype, parallel=parallel):
+            return
+        _started.add(key)
+
+    def run() -> None:
+        try:
+            _warm_up(dtype, parallel)
+        except Exception:
+            logger.warning("compiling the %s scan kernel failed; searches keep FAISS's scan", dtype.name, exc_info=True)
+
+    threading.Thread(target=run, name=f"scan-kernel-{dtype.name}", daemon=True).start()
+
+
+def _check_word_type(word_dtype: np.dtype | type) -> np.dtype:
+    dtype = np.dtype(word_dtype)
+    if dtype.type not in _WORD_TYPES:
+        raise ValueError(f"no scan kernel for {dtype}; word types are {[t.__name__ for t in _WORD_TYPES]}")
+    return dtype
+
+
 def warm_up(word_dtype: np.dtype | type, *, parallel: bool = False) -> None:
     """Compile (or load from numba's on-disk cache) the kernels for one word type.
 
     The single-thread kernel always; with ``parallel`` also the multi-threaded driver and the merge
     (only needed by searches with ``threads > 1``; compiling it takes longest). Later calls return
-    at once.
+    at once; a call while another thread compiles waits for it.
     """
-    dtype = np.dtype(word_dtype)
-    if dtype.type not in _WORD_TYPES:
-        raise ValueError(f"no scan kernel for {dtype}; word types are {[t.__name__ for t in _WORD_TYPES]}")
-    _warm_up(dtype, parallel)
+    _warm_up(_check_word_type(word_dtype), parallel)
 
 
 def _warm_up(dtype: np.dtype, parallel: bool) -> None:

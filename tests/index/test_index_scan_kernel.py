@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,6 +132,8 @@ def test_empty_inputs_and_validation(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError):
         sk.search(words, np.arange(99), words[:1], 3)
     with pytest.raises(ValueError):
+        sk.search(words, np.arange(100), words[:1], 0)
+    with pytest.raises(ValueError):
         sk.warm_up(np.int8)
 
 
@@ -198,9 +201,11 @@ def test_concurrent_searches(ref: SimpleNamespace, rng: np.random.Generator, par
 
 # ------------------------------------------------------------------------------------ the flat index
 def test_flat_index_warms_the_kernel_at_creation() -> None:
-    """A fresh interpreter: every kernel a search of an index may call is compiled (or loaded from the
-    cache) when the index is created, and only those: one thread needs the serial kernel only."""
+    """A fresh interpreter: the kernels a search of an index may call are compiled (or loaded from
+    the cache) when the index is created -- with scan="numba" before the constructor returns, with
+    scan="auto" in the background while FAISS answers -- and only those (one thread: serial only)."""
     script = """
+import time
 import numpy as np
 from numba import from_dtype
 from index.flat import FaissFlatIndex
@@ -209,18 +214,59 @@ import index.scan_kernel as sk
 def compiled(dispatcher, dtype):
     return any(sig[0].dtype == from_dtype(np.dtype(dtype)) for sig in dispatcher.signatures)
 
-FaissFlatIndex(16, threads=1)
+FaissFlatIndex(16, threads=1, scan="numba")
 assert compiled(sk._search_serial, np.uint16) and not compiled(sk._search_parallel, np.uint16)
-for bits, dtype in ((32, np.uint32), (64, np.uint64)):
-    FaissFlatIndex(bits, threads=2)
-    assert compiled(sk._search_serial, dtype)
-    assert compiled(sk._search_parallel, dtype) == (sk.max_threads() > 1)
+FaissFlatIndex(32, threads=2, scan="numba")
+assert compiled(sk._search_serial, np.uint32)
+assert compiled(sk._search_parallel, np.uint32) == (sk.max_threads() > 1)
+
+index = FaissFlatIndex(64, threads=1)  # "auto": not ready yet (nothing for uint64 in this process)
+assert index.scan == "faiss" and index._kernel_pending is not None
+codes = np.random.default_rng(0).integers(0, 256, size=(50, 8), dtype=np.uint8)
+index.add(np.arange(50), codes)
+d, i = index.search(codes[:3], 5)  # answered by FAISS meanwhile
+assert (d[:, 0] == 0).all() and i[:, 0].tolist() == [0, 1, 2]
+deadline = time.monotonic() + 800
+while not sk.is_ready(np.uint64) and time.monotonic() < deadline:
+    time.sleep(0.05)
+assert compiled(sk._search_serial, np.uint64)
+index.search(codes[:3], 5)
+assert index.scan == "numba" and index._kernel_pending is None
 print("ok")
 """
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_background_warm_up_switches_when_ready(
+    ref: SimpleNamespace, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scan="auto" with a kernel not ready: FAISS answers (exactly) until the warm-up thread is done."""
+    monkeypatch.setattr(sk, "_warm", set())
+    monkeypatch.setattr(sk, "_started", set())
+    release = threading.Event()
+    real = sk._warm_up
+
+    def slow_warm_up(dtype: np.dtype, parallel: bool) -> None:
+        release.wait(60)
+        real(dtype, parallel)
+
+    monkeypatch.setattr(sk, "_warm_up", slow_warm_up)
+    codes = ref.clustered_codes(rng, 600, 32)
+    ids = np.arange(600, dtype=np.int64)
+    index = FaissFlatIndex(32, threads=1, mih=False)
+    index.add(ids, codes)
+    assert index.scan == "faiss"
+    ref.assert_same(index.search(codes[:4], 20), ref.search(codes[:4], codes, ids, 20))
+    assert index.scan == "faiss"
+    release.set()
+    deadline = time.monotonic() + 600
+    while not sk.is_ready(np.uint32) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ref.assert_same(index.search(codes[:4], 20), ref.search(codes[:4], codes, ids, 20))
+    assert index.scan == "numba"
 
 
 def test_flat_index_falls_back_to_faiss_without_numba(
@@ -288,7 +334,7 @@ def test_store_scan_option(tmp_path: Path, ref: SimpleNamespace, rng: np.random.
 
 
 def test_mih_budget_and_choice_follow_the_scan(rng: np.random.Generator) -> None:
-    index = FaissFlatIndex(32, mih_min_items=0, threads=1)
+    index = FaissFlatIndex(32, mih_min_items=0, threads=1, scan="numba")
     index.add(np.arange(70_000), rng.integers(0, 256, size=(70_000, 4), dtype=np.uint8))
     assert index.scan_ns == KERNEL_SCAN_NS[32]
     tables = index.refresh_mih()
@@ -324,7 +370,7 @@ def test_mih_budget_and_choice_follow_the_scan(rng: np.random.Generator) -> None
 
 
 def test_kernel_threads_split_single_queries(rng: np.random.Generator) -> None:
-    index = FaissFlatIndex(64, threads=2)
+    index = FaissFlatIndex(64, threads=2, scan="numba")
     index.add(np.arange(300_000), rng.integers(0, 256, size=(300_000, 8), dtype=np.uint8))
     expected = 1 if sk.max_threads() < 2 else 2
     assert index._scan_parallelism(1) == expected  # FAISS would scan one query on one thread
