@@ -89,10 +89,19 @@ def _batch_kind(nq: int) -> int:
 
 
 def _update_mean(means: list[float], nq: int, seconds: float) -> None:
-    """Fold the time of one search of ``nq`` queries into the moving mean of seconds per query."""
+    """Fold the CPU time of one search of ``nq`` queries into the moving mean of seconds per query.
+
+    Timing noise only ever adds time (other processes, page faults, cold caches), so the mean falls
+    fast (weight >= 1/2) and rises slowly, a sample counting at most 4x the current mean: one slow
+    search must not decide the path for the next hundreds of searches.
+    """
     kind, per_query = _batch_kind(nq), seconds / nq
-    weight = min(1.0, max(nq, 4) / 16)
-    means[kind] = per_query if means[kind] == 0 else means[kind] + (per_query - means[kind]) * weight
+    mean = means[kind]
+    if mean == 0:
+        means[kind] = per_query
+    else:
+        weight = min(1.0, max(nq, 4) / 16)
+        means[kind] = mean + (min(per_query, 4 * mean) - mean) * (max(weight, 0.5) if per_query < mean else weight)
 
 
 def load_scan_kernel() -> ModuleType | None:
@@ -344,14 +353,17 @@ class FaissFlatIndex:
             self._check_pending_kernel()
         nq = len(q)
         mih = self._ready_mih(nq)
-        t0 = time.perf_counter()
+        if self._kernel is not None and self._kernel_db is None:
+            self._kernel_arrays()  # (re)built after a change: not part of any path's time
+        # path timings for the MIH/scan choice are CPU times of this thread (the kernel's calling
+        # thread takes its share of a parallel scan): time lost to other processes is no path's cost
+        t0, c0 = time.perf_counter(), time.thread_time()
         if mih is None:
             out = self._scan(q, k)
-            seconds = time.perf_counter() - t0
             if self._mih_stale:
-                self._mih_scan_debt += seconds
+                self._mih_scan_debt += time.perf_counter() - t0
             elif self._mih is not None:
-                _update_mean(self._scan_seconds, nq, seconds)
+                _update_mean(self._scan_seconds, nq, time.thread_time() - c0)
             return out
         out_d, out_i, todo, cost = mih.search(q, k)
         self.mih_queries += nq - len(todo)
@@ -359,7 +371,7 @@ class FaissFlatIndex:
         if todo.size:
             self.mih_fallbacks += int(todo.size)
             out_d[todo], out_i[todo] = self._scan(q[todo], k)
-        _update_mean(self._mih_seconds, nq, time.perf_counter() - t0)
+        _update_mean(self._mih_seconds, nq, time.thread_time() - c0)
         return out_d, out_i
 
     def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -423,14 +435,15 @@ class FaissFlatIndex:
     def _use_mih(self, nq: int) -> bool:
         """MIH is expected to be faster than the scan for ``nq`` queries.
 
-        Once both paths have been timed on this kind of search (single queries, or batches), the
-        faster by measured time per query wins (moving means; an MIH search's time includes its
-        fallback scans), and the other path is re-timed every :data:`MIH_REPROBE` x (its slowdown,
-        at most :data:`MIH_REPROBE_MAX_FACTOR`) searches. Until then, MIH's *estimated* moving mean
-        cost per query (in scans, fallbacks included; 0 before the first use) must be below what one
-        query costs in a scan of ``nq`` queries spread over the scan's threads (FAISS scans a single
-        query on one thread, the compiled kernel splits it), and every :data:`MIH_REPROBE`-th search
-        takes the other path. With a GPU accelerator only small batches use MIH.
+        Once both paths have been timed on this kind of search (single queries, or batches; when
+        only one has, the next search takes the other), the faster by measured CPU time per query
+        wins (moving means, see :func:`_update_mean`; an MIH search's time includes its fallback
+        scans), and the other path is re-timed every :data:`MIH_REPROBE` x (its slowdown, at most
+        :data:`MIH_REPROBE_MAX_FACTOR`) searches. Until then, MIH's *estimated* moving mean cost per
+        query (in scans, fallbacks included; 0 before the first use) must be below what one query
+        costs in a scan of ``nq`` queries spread over the scan's threads (FAISS scans a single query
+        on one thread, the compiled kernel splits it), and every :data:`MIH_REPROBE`-th search takes
+        the other path. With a GPU accelerator only small batches use MIH.
         """
         if not self.mih_enabled or self.ntotal < self.mih_min_items:
             return False
@@ -444,6 +457,10 @@ class FaissFlatIndex:
             # the slower the other path, the rarer its re-measurement (its cost stays under 1/16)
             slowdown = max(mih_seconds, scan_seconds) / min(mih_seconds, scan_seconds)
             every = MIH_REPROBE * min(MIH_REPROBE_MAX_FACTOR, max(1, int(slowdown)))
+        elif mih_seconds > 0 and not self._mih_stale:  # time the scan once (stale tables: not timed)
+            return False
+        elif scan_seconds > 0 and self._mih is not None and not self._mih_stale:  # time MIH once
+            return True
         else:
             prefer = self._mih_cost * self._scan_parallelism(nq) < 1.0
         self._mih_skips += 1

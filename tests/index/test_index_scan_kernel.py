@@ -364,9 +364,14 @@ def test_mih_budget_and_choice_follow_the_scan(rng: np.random.Generator) -> None
     q = rng.integers(0, 256, size=(4, 4), dtype=np.uint8)
     index.search(q[:1], 5)
     assert index._mih_seconds[0] > 0 and index._scan_seconds == [0.0, 0.0]
+    assert not index._use_mih(1)  # the scan has not been timed on single queries: it is next
+    index.search(q[1:2], 5)
+    assert index._scan_seconds[0] > 0
     index.mih_enabled = False
     index.search(q, 5)
     assert index._scan_seconds[1] > 0
+    index.mih_enabled = True
+    assert index._use_mih(4)  # MIH not timed on batches yet: it is next
 
 
 def test_kernel_threads_split_single_queries(rng: np.random.Generator) -> None:
