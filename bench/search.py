@@ -5,8 +5,12 @@ items, then measures queries per second, one query per call ("single") and ``--b
 call ("batched"), for
 
 * the store's ``search`` (validation, locking, exact tie resolution included) with its default
-  path, exact multi-index hashing (:mod:`index.mih`, sub-linear: it falls back to the scan for
-  queries where probing would cost more), and with MIH turned off (the flat scan),
+  path: exact multi-index hashing (:mod:`index.mih`, sub-linear) in front of the compiled scan
+  kernel (:mod:`index.scan_kernel`; MIH answers a query when it is expected, then measured, to be
+  faster), and with MIH turned off (the kernel alone); then the same two with FAISS's flat scan
+  instead of the kernel (``scan="faiss"``, the fallback when numba is missing),
+* the raw kernel (:func:`index.scan_kernel.search` on the store's arrays, no store overhead) on all
+  of numba's threads and on one thread,
 * a raw ``faiss.IndexBinaryFlat`` holding the same codes (its native code size), with FAISS's
   default OpenMP thread count and with one thread,
 * the bound: ``copy bandwidth / bytes of codes scanned per query`` (``n * bits / 8``), where the
@@ -16,15 +20,19 @@ A batched call may beat the per-query bound because the scan is blocked over que
 read once per block of queries, from cache). MIH reads only a few buckets instead of all codes, so
 its ratio to this full-scan bound can exceed 1.0 by far: the bound is the limit of a *scan*.
 
+The store's kernel runs on ``--threads`` threads (default 1, the store's default; 0 = all cores):
+it splits single queries over database chunks and batches over groups of queries.
+
 Usage::
 
-    nice -n 10 python bench/search.py            # 1M items, ~3-5 minutes on 2 cores
+    nice -n 10 python bench/search.py            # 1M items, ~5-8 minutes on 2 cores
     python bench/search.py --n 100000 --seconds 0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -32,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -40,8 +49,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index import HashStore  # noqa: E402
-from index.codes import BITS_CHOICES  # noqa: E402
-from index.flat import FaissFlatIndex  # noqa: E402
+from index.codes import BITS_CHOICES, WORD_DTYPES  # noqa: E402
+from index.flat import FaissFlatIndex, load_scan_kernel  # noqa: E402
+
+KERNEL = load_scan_kernel()
 
 
 def cpu_model() -> str:
@@ -102,6 +113,23 @@ def fill_store(store: HashStore, codes: dict[int, np.ndarray], chunk: int = 50_0
         )
 
 
+@dataclass
+class Cell:
+    """Queries per second of one (code length, mode) and the path shares; ``nan`` where not measured."""
+
+    default: float = math.nan  # store defaults: MIH in front of the kernel
+    kernel: float = math.nan  # store, MIH off: the kernel alone
+    mih_faiss: float = math.nan  # store, MIH in front of FAISS's scan
+    faiss_scan: float = math.nan  # store, MIH off: FAISS's scan + tie resolution
+    raw_kernel: float = math.nan  # index.scan_kernel.search, all numba threads
+    raw_kernel1: float = math.nan  # ... on one thread
+    raw_faiss: float = math.nan  # faiss.IndexBinaryFlat, FAISS's default threads
+    raw_faiss1: float = math.nan  # ... on one thread
+    mih_share: float = math.nan  # share of the queries MIH answered with the defaults
+    mih_fallback: float = math.nan  # share of MIH queries handed to the scan (MIH + FAISS)
+    tie_fallback: float = math.nan  # share of FAISS-scanned queries needing the tie band fetch
+
+
 def measure(
     store: HashStore,
     raw: faiss.IndexBinaryFlat,
@@ -112,10 +140,10 @@ def measure(
     k: int,
     seconds: float,
     threads: int,
-) -> tuple[float, float, float, float, float, float]:
-    """(store q/s with MIH, store q/s scanning, raw FAISS q/s, raw FAISS q/s on 1 thread,
-    share of MIH queries handed to the scan, share of scanned queries needing the tie band fetch)."""
+) -> Cell:
+    """Every column of one (code length, mode) cell; ``size`` queries per call."""
     nq = len(q) // size * size
+    cell = Cell()
 
     def ours(i: int) -> int:
         s = i * size % nq
@@ -131,22 +159,58 @@ def measure(
         for i in range(nq // size):
             ours(i)
 
-    flat.mih_enabled = True
-    mih_qps = rate(ours, seconds)
+    def store_path(scan: str, mih: bool) -> float:
+        flat.scan = scan
+        flat.mih_enabled = mih
+        return rate(ours, seconds)
+
+    if KERNEL is not None:
+        cell.default = store_path("numba", True)
+        flat.mih_queries = flat.mih_fallbacks = 0
+        one_pass()
+        cell.mih_share = flat.mih_queries / nq
+        cell.kernel = store_path("numba", False)
+        words, ids = kernel_arrays(flat)
+        qw = np.ascontiguousarray(q[:, : bits // 8]).view(WORD_DTYPES[bits // 8])[:, 0]
+
+        def kernel_raw(n_threads: int) -> Callable[[int], int]:
+            def run(i: int) -> int:
+                s = i * size % nq
+                KERNEL.search(words, ids, qw[s : s + size], k, ascending=True, threads=n_threads)
+                return size
+
+            return run
+
+        cell.raw_kernel = rate(kernel_raw(KERNEL.max_threads()), seconds)
+        cell.raw_kernel1 = rate(kernel_raw(1), seconds)
+    cell.mih_faiss = store_path("faiss", True)
     flat.mih_queries = flat.mih_fallbacks = 0
     one_pass()
-    mih_fallback = flat.mih_fallbacks / nq
-    flat.mih_enabled = False
-    scan_qps = rate(ours, seconds)
+    cell.mih_fallback = flat.mih_fallbacks / max(1, flat.mih_queries + flat.mih_fallbacks)
+    cell.faiss_scan = store_path("faiss", False)
     flat.band_fallbacks = 0
     one_pass()  # share of queries whose k-th distance band overflowed the candidates
-    tie_fallback = flat.band_fallbacks / nq
-    flat.mih_enabled = True
-    raw_qps = rate(faiss_raw, seconds)
+    cell.tie_fallback = flat.band_fallbacks / nq
+    flat.scan, flat.mih_enabled = "auto", True
+    cell.raw_faiss = rate(faiss_raw, seconds)
     faiss.omp_set_num_threads(1)
-    raw1_qps = rate(faiss_raw, seconds)
+    cell.raw_faiss1 = rate(faiss_raw, seconds)
     faiss.omp_set_num_threads(threads)
-    return mih_qps, scan_qps, raw_qps, raw1_qps, mih_fallback, tie_fallback
+    return cell
+
+
+def kernel_arrays(flat: FaissFlatIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the codes (as words) and ids of a flat index, in storage order."""
+    words = flat.codes().view(WORD_DTYPES[flat.code_bytes])[:, 0].copy()
+    return words, flat.ids()
+
+
+def fmt(x: float, spec: str = ",.0f") -> str:
+    return "-" if math.isnan(x) else format(x, spec)
+
+
+def ratio(x: float, bound: float) -> str:
+    return "-" if math.isnan(x) else f"{x / bound:.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,9 +243,16 @@ def main(argv: list[str] | None = None) -> None:
     measured_bandwidth = bandwidth
     if args.bandwidth > 0:
         bandwidth = args.bandwidth * 1e9
+    if KERNEL is not None:
+        import numba
+
+        KERNEL.warm_up(np.uint64, parallel=KERNEL.max_threads() > 1)  # starts numba's thread pool
+        kernel_info = f"numba {numba.__version__} (threads {KERNEL.max_threads()}, layer {KERNEL.threading_layer()})"
+    else:
+        kernel_info = "numba not installed: no kernel columns"
     print(
         f"machine: {cpu_model()}; python {platform.python_version()}, numpy {np.__version__}, "
-        f"faiss {faiss.__version__} (OpenMP threads {faiss.omp_get_max_threads()})"
+        f"faiss {faiss.__version__} (OpenMP threads {faiss.omp_get_max_threads()}), {kernel_info}"
     )
     print(
         f"copy bandwidth (np.copyto 512 MiB, bytes copied/s): {measured_bandwidth / 1e9:.2f} GB/s measured, "
@@ -218,26 +289,34 @@ def main(argv: list[str] | None = None) -> None:
                 bound = bandwidth / (args.n * nb)
                 for mode, size in (("single", 1), ("batched", args.batch)):
                     cell = measure(store, raw, flat, q, bits, size, args.k, args.seconds, threads)
-                    rows.append((bits, mode, *cell, bound))
+                    rows.append((bits, mode, cell, bound))
                     print(
-                        f"  {bits}-bit {mode}: store {cell[0]:,.0f} q/s (MIH), {cell[1]:,.0f} q/s (scan), "
-                        f"raw FAISS {cell[2]:,.0f} q/s ({cell[3]:,.0f} q/s on 1 thread)",
+                        f"  {bits}-bit {mode}: store {fmt(cell.default)} q/s (defaults: MIH + kernel, "
+                        f"MIH {fmt(cell.mih_share, '.0%')}), {fmt(cell.kernel)} (kernel), "
+                        f"{fmt(cell.mih_faiss)} (MIH + FAISS), {fmt(cell.faiss_scan)} (FAISS scan); "
+                        f"raw kernel {fmt(cell.raw_kernel)} / {fmt(cell.raw_kernel1)} (1 thread), "
+                        f"raw FAISS {fmt(cell.raw_faiss)} / {fmt(cell.raw_faiss1)} (1 thread)",
                         flush=True,
                     )
                 del raw
 
+    kthreads = KERNEL.max_threads() if KERNEL is not None else 0
     print(
-        f"\n| bits | mode | store q/s (MIH) | store q/s (scan) | raw FAISS q/s ({threads} thr / 1 thr) | bound q/s "
-        "| MIH / bound | scan / bound | best raw / bound | MIH / scan | MIH fallbacks | tie fallbacks (scan) |"
+        "\n| bits | mode | store q/s (defaults: MIH + kernel) | store q/s (kernel) | store q/s (MIH + FAISS) "
+        f"| store q/s (FAISS scan) | raw kernel q/s ({kthreads} thr / 1 thr) | raw FAISS q/s ({threads} thr / 1 thr) "
+        "| bound q/s | defaults / bound | kernel / bound | MIH + FAISS / bound | FAISS scan / bound "
+        "| best raw kernel / bound | MIH share | MIH fallbacks (FAISS) | tie fallbacks (FAISS scan) |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for bits, mode, mih_qps, scan_qps, raw_qps, raw1_qps, mih_fb, tie_fb, bound in rows:
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for bits, mode, c, bound in rows:
         label = mode if mode == "single" else f"batched ({args.batch})"
-        best = max(raw_qps, raw1_qps)
+        best_kernel = max(c.raw_kernel, c.raw_kernel1) if KERNEL is not None else math.nan
         print(
-            f"| {bits} | {label} | {mih_qps:,.0f} | {scan_qps:,.0f} | {raw_qps:,.0f} / {raw1_qps:,.0f} | {bound:,.0f} "
-            f"| **{mih_qps / bound:.2f}** | {scan_qps / bound:.2f} | {best / bound:.2f} | {mih_qps / scan_qps:.1f} "
-            f"| {mih_fb:.1%} | {tie_fb:.1%} |"
+            f"| {bits} | {label} | {fmt(c.default)} | {fmt(c.kernel)} | {fmt(c.mih_faiss)} | {fmt(c.faiss_scan)} "
+            f"| {fmt(c.raw_kernel)} / {fmt(c.raw_kernel1)} | {fmt(c.raw_faiss)} / {fmt(c.raw_faiss1)} | {bound:,.0f} "
+            f"| **{ratio(c.default, bound)}** | {ratio(c.kernel, bound)} | {ratio(c.mih_faiss, bound)} "
+            f"| {ratio(c.faiss_scan, bound)} | {ratio(best_kernel, bound)} | {fmt(c.mih_share, '.0%')} "
+            f"| {fmt(c.mih_fallback, '.1%')} | {fmt(c.tie_fallback, '.1%')} |"
         )
 
 

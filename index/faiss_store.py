@@ -41,12 +41,14 @@ class FaissBackend:
         tie_margin: int = DEFAULT_TIE_MARGIN,
         threads: int | None = None,
         mih: bool = True,
+        scan: str = "auto",
     ) -> None:
         self.snapshot_dir = Path(data_dir) / "snapshots"
         self._accelerator_factory = accelerator_factory
         self._tie_margin = tie_margin
         self._threads = threads
         self._mih = mih
+        self._scan = scan
         self._indexes: dict[Key, FaissFlatIndex] = {}
         self._dirty: set[Key] = set()
 
@@ -58,7 +60,7 @@ class FaissBackend:
     def _new_index(self, bits: int) -> FaissFlatIndex:
         accel = self._accelerator_factory() if self._accelerator_factory else None
         return FaissFlatIndex(
-            bits, tie_margin=self._tie_margin, accelerator=accel, threads=self._threads, mih=self._mih
+            bits, tie_margin=self._tie_margin, accelerator=accel, threads=self._threads, mih=self._mih, scan=self._scan
         )
 
     def _expected(self, meta: MetadataDB, modality: str, bits: int) -> SnapshotHeader:
@@ -100,7 +102,12 @@ class FaissBackend:
             )
         try:
             index = FaissFlatIndex.deserialize(
-                expected.bits, payload, tie_margin=self._tie_margin, threads=self._threads, mih=self._mih
+                expected.bits,
+                payload,
+                tie_margin=self._tie_margin,
+                threads=self._threads,
+                mih=self._mih,
+                scan=self._scan,
             )
         except ValueError as exc:
             raise SnapshotError(f"snapshot {path} is corrupt: {exc}") from exc

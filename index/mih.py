@@ -24,13 +24,14 @@ The search stops as soon as at least ``k`` found items are within ``r'``: then *
 :mod:`index.exact`, ties at the k-th distance included. Steps are grouped into chunks of at least
 :data:`CHUNK` candidates (the stop test runs after each chunk) to keep the Python overhead low.
 
-**Fallback.** Each query has a budget of ``budget_factor x ntotal x`` :data:`SCAN_NS` (the estimated
-cost of a flat scan). Before each level and each chunk the estimated cost of the work done so far
-plus the next piece (:data:`CHUNK_NS` per chunk, :data:`BUCKET_NS` per probed bucket,
-:data:`CANDIDATE_NS` per candidate; calibrated on one core, see ``docs/benchmarks-search.md``) is
-compared with the budget; when it would exceed it, the query is handed back to the caller, which
-runs the flat scan. This happens for very clustered codes (huge buckets), large ``k`` and long
-codes whose k-th neighbour is far (large radii: the number of probed buckets grows as C(16, a)).
+**Fallback.** Each query has a budget of ``budget_factor x ntotal x scan_ns`` (the estimated cost of
+a flat scan; ``scan_ns`` defaults to :data:`SCAN_NS`, FAISS's cost per code). Before each level and
+each chunk the estimated cost of the work done so far plus the next piece (:data:`CHUNK_NS` per
+chunk, :data:`BUCKET_NS` per probed bucket, :data:`CANDIDATE_NS` per candidate; calibrated on one
+core, see ``docs/benchmarks-search.md``) is compared with the budget; when it would exceed it, the
+query is handed back to the caller, which runs the flat scan. This happens for very clustered codes
+(huge buckets), large ``k`` and long codes whose k-th neighbour is far (large radii: the number of
+probed buckets grows as C(16, a)).
 So a query never costs much more than ``1 + budget_factor`` scans.
 
 **Memory** (on top of FAISS), per item: the id (8 bytes), one row index per substring (int32; int64
@@ -58,7 +59,8 @@ MASKS: list[np.ndarray] = [_VALUES[np.equal(_WEIGHTS, a)] for a in range(SUB_BIT
 
 #: cost model in nanoseconds, fitted (least squares, best-of-5 times of 240 queries, 1M items, 16/32/64
 #: bits, random and clustered) on the shared 2-core benchmark machine (docs/benchmarks-search.md):
-#: flat scan per stored code (FAISS, one thread, k + tie margin heap: 0.7-1.2 ns measured) ...
+#: flat scan per stored code (FAISS, one thread, k + tie margin heap: 0.7-1.2 ns measured; the compiled
+#: scan of index.scan_kernel is cheaper, index.flat passes its own figure as ``scan_ns``) ...
 SCAN_NS = 1.0
 #: ... fixed cost of one chunk of steps (two dozen numpy calls; ~65 us fitted on the busy machine) ...
 CHUNK_NS = 50_000.0
@@ -80,12 +82,22 @@ def complete_radius(a: int, j: int, m: int) -> int:
 class MultiIndexHash:
     """Immutable MIH tables over ``ids int64 [N]`` and codes ``uint8 [N, >= bits / 8]`` (padding ignored)."""
 
-    def __init__(self, bits: int, ids: np.ndarray, codes: np.ndarray, *, budget_factor: float = DEFAULT_BUDGET_FACTOR):
+    def __init__(
+        self,
+        bits: int,
+        ids: np.ndarray,
+        codes: np.ndarray,
+        *,
+        budget_factor: float = DEFAULT_BUDGET_FACTOR,
+        scan_ns: float = SCAN_NS,
+    ):
         if bits % SUB_BITS:
             raise ValueError(f"MIH needs a multiple of {SUB_BITS} bits, got {bits}")
         self.bits = bits
         self.m = m = bits // SUB_BITS
         self.budget_factor = float(budget_factor)
+        #: estimated cost (ns) per stored code of the scan that answers the fallbacks
+        self.scan_ns = float(scan_ns)
         n = len(ids)
         self.ntotal = n
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -124,7 +136,7 @@ class MultiIndexHash:
     @property
     def budget_ns(self) -> float:
         """Estimated cost (ns) above which a query falls back to the scan."""
-        return self.budget_factor * self.ntotal * SCAN_NS
+        return self.budget_factor * self.ntotal * self.scan_ns
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Exact top-``k`` for ``queries uint8 [Q, >= bits / 8]``.
@@ -149,7 +161,7 @@ class MultiIndexHash:
             d, i = res
             out_d[r, : d.size] = d
             out_i[r, : i.size] = i
-        scan = self.ntotal * SCAN_NS
+        scan = self.ntotal * self.scan_ns
         cost = (spent_total / scan + len(fallback)) / nq if nq and scan > 0 else 0.0
         return out_d, out_i, np.asarray(fallback, dtype=np.int64), cost
 

@@ -89,13 +89,19 @@ def _make_backend(
     threads: int | None,
     milvus_uri: str | None,
     mih: bool = True,
+    scan: str = "auto",
 ) -> VectorBackend:
     if backend == "faiss":
         from index.faiss_store import FaissBackend
         from index.gpu import make_accelerator
 
         return FaissBackend(
-            data_dir, accelerator_factory=make_accelerator(device), tie_margin=tie_margin, threads=threads, mih=mih
+            data_dir,
+            accelerator_factory=make_accelerator(device),
+            tie_margin=tie_margin,
+            threads=threads,
+            mih=mih,
+            scan=scan,
         )
     if backend == "milvus":
         from index.milvus_store import MilvusBackend
@@ -123,6 +129,10 @@ class HashStore:
         mih: FAISS backend only: answer queries by exact multi-index hashing (sub-linear bucket
             probing, :mod:`index.mih`) when expected faster than the scan (default ``True``);
             queries for which it would be slow fall back to the scan. ``False``: always scan.
+        scan: FAISS backend only: the full scan, ``"auto"`` (default: the compiled numba kernel of
+            :mod:`index.scan_kernel` when numba is installed, else FAISS), ``"numba"`` (error if
+            numba is missing) or ``"faiss"`` (FAISS's flat scan + tie resolution). The kernel uses
+            ``threads`` too, and also splits single queries over threads.
         milvus_uri: Milvus backend only: server URI, or a local ``.db`` file for milvus-lite
             (default ``<data_dir>/milvus.db``).
         check_integrity: run ``PRAGMA quick_check`` on open (recommended; O(database size)).
@@ -145,6 +155,7 @@ class HashStore:
         milvus_uri: str | None = None,
         check_integrity: bool = True,
         mih: bool = True,
+        scan: str = "auto",
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -160,7 +171,7 @@ class HashStore:
         try:
             self._meta = MetadataDB(self.data_dir / DB_FILENAME, check_integrity=check_integrity)
             self._backend: VectorBackend = _make_backend(
-                backend, self.data_dir, device, tie_margin, threads, milvus_uri, mih
+                backend, self.data_dir, device, tie_margin, threads, milvus_uri, mih, scan
             )
             self._backend.open(self._meta)
         except sqlite3.DatabaseError as exc:  # damage that quick_check did not see, met while rebuilding

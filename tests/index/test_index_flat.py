@@ -9,7 +9,12 @@ import pytest
 
 from index.codes import BITS_CHOICES
 from index.exact import brute_force_search, resolve_ties
-from index.flat import FAISS_CODE_BYTES, FaissFlatIndex
+from index.flat import FAISS_CODE_BYTES, FaissFlatIndex, load_scan_kernel
+
+needs_numba = pytest.mark.skipif(load_scan_kernel() is None, reason="numba not installed")
+NUMBA = pytest.param("numba", marks=needs_numba)
+#: both scans: the compiled kernel (index.scan_kernel) and FAISS + tie resolution
+SCANS = ["faiss", NUMBA]
 
 
 def _ks(n: int) -> list[int]:
@@ -19,16 +24,26 @@ def _ks(n: int) -> list[int]:
 @pytest.mark.parametrize("bits", BITS_CHOICES)
 @pytest.mark.parametrize("kind", ["random", "clustered"])
 @pytest.mark.parametrize("n", [0, 1, 40, 1500])
-@pytest.mark.parametrize("tie_margin", [1, 128])
+@pytest.mark.parametrize(
+    ("scan", "tie_margin"), [("faiss", 1), ("faiss", 128), pytest.param("numba", 128, marks=needs_numba)]
+)
 @pytest.mark.parametrize("id_order", ["ascending", "shuffled"])  # band fetch: prefix scan / range search
 def test_faiss_search_matches_reference(
-    ref: SimpleNamespace, rng: np.random.Generator, bits: int, kind: str, n: int, tie_margin: int, id_order: str
+    ref: SimpleNamespace,
+    rng: np.random.Generator,
+    bits: int,
+    kind: str,
+    n: int,
+    scan: str,
+    tie_margin: int,
+    id_order: str,
 ) -> None:
     codes = ref.make_codes(kind, rng, n, bits)
     ids = rng.choice(10 * n + 10, size=n, replace=False).astype(np.int64)
     if id_order == "ascending":
         ids.sort()
-    index = FaissFlatIndex(bits, tie_margin=tie_margin, max_tie_margin=tie_margin)
+    index = FaissFlatIndex(bits, tie_margin=tie_margin, max_tie_margin=tie_margin, scan=scan)
+    assert index.scan == scan
     index.add(ids, codes)
     assert index._rows_in_id_order == (id_order == "ascending" or n < 2)
     assert index.ntotal == n
@@ -39,32 +54,38 @@ def test_faiss_search_matches_reference(
         ref.assert_same(brute_force_search(queries, codes, ids, k), expected)
     if kind == "clustered" and n == 1500 and tie_margin == 1:
         assert index.band_fallbacks > 0  # the range-search path was exercised
+    if scan == "numba":
+        assert index.band_fallbacks == 0  # the kernel is exact by itself
 
 
-def test_duplicate_codes_smallest_ids_win(ref: SimpleNamespace) -> None:
+@pytest.mark.parametrize("scan", SCANS)
+def test_duplicate_codes_smallest_ids_win(ref: SimpleNamespace, scan: str) -> None:
     """200 identical codes: the k-th distance band overflows; the k smallest ids must be returned."""
     codes = np.zeros((200, 8), dtype=np.uint8)
     ids = np.arange(1000, 800, -1, dtype=np.int64)  # inserted in descending id order
-    index = FaissFlatIndex(64, tie_margin=4, max_tie_margin=4)
+    index = FaissFlatIndex(64, tie_margin=4, max_tie_margin=4, scan=scan)
     index.add(ids, codes)
     d, i = index.search(codes[:1], 5)
     assert d.tolist() == [[0] * 5]
     assert i.tolist() == [[801, 802, 803, 804, 805]]
 
 
-def test_sixteen_bit_codes_are_padded_without_changing_distances(ref: SimpleNamespace, rng) -> None:
+@pytest.mark.parametrize("scan", SCANS)
+def test_sixteen_bit_codes_are_padded_without_changing_distances(ref: SimpleNamespace, rng, scan: str) -> None:
     codes = ref.random_codes(rng, 300, 16)
-    index = FaissFlatIndex(16)
+    index = FaissFlatIndex(16, scan=scan)
     index.add(np.arange(300), codes)
     assert index.faiss_bytes == FAISS_CODE_BYTES[16] == 4
     np.testing.assert_array_equal(index.codes(), codes)
     ref.assert_same(index.search(codes[:5], 300), ref.search(codes[:5], codes, np.arange(300), 300))
 
 
-def test_remove_and_readd(ref: SimpleNamespace, rng: np.random.Generator) -> None:
-    codes = ref.clustered_codes(rng, 500, 32)
+@pytest.mark.parametrize("bits", BITS_CHOICES)  # 16 bits: the kernel's compact copy must follow changes
+@pytest.mark.parametrize("scan", SCANS)
+def test_remove_and_readd(ref: SimpleNamespace, rng: np.random.Generator, bits: int, scan: str) -> None:
+    codes = ref.clustered_codes(rng, 500, bits)
     ids = np.arange(1, 501, dtype=np.int64)
-    index = FaissFlatIndex(32, tie_margin=2, max_tie_margin=2)
+    index = FaissFlatIndex(bits, tie_margin=2, max_tie_margin=2, scan=scan)
     index.add(ids, codes)
     gone = ids[::3]
     assert index.remove(np.append(gone, 10_000)) == len(gone)
@@ -79,9 +100,9 @@ def test_remove_and_readd(ref: SimpleNamespace, rng: np.random.Generator) -> Non
 
 def test_serialize_roundtrip(ref: SimpleNamespace, rng: np.random.Generator) -> None:
     codes = ref.random_codes(rng, 100, 64)
-    index = FaissFlatIndex(64)
+    index = FaissFlatIndex(64, scan="faiss")
     index.add(np.arange(100, 200), codes)
-    copy = FaissFlatIndex.deserialize(64, index.serialize())
+    copy = FaissFlatIndex.deserialize(64, index.serialize())  # the scan is not stored: "auto"
     ref.assert_same(copy.search(codes[:4], 7), index.search(codes[:4], 7))
     with pytest.raises(ValueError):
         FaissFlatIndex.deserialize(64, b"garbage" * 10)
@@ -118,18 +139,19 @@ def test_resolve_ties_with_adversarial_candidates() -> None:
 
 def test_tie_margin_grows_when_bands_overflow(ref: SimpleNamespace, rng: np.random.Generator) -> None:
     codes = np.repeat(ref.random_codes(rng, 2, 32), 100, axis=0)  # two codes, 100 copies each
-    index = FaissFlatIndex(32, tie_margin=8, max_tie_margin=64)
+    index = FaissFlatIndex(32, tie_margin=8, max_tie_margin=64, scan="faiss")
     index.add(np.arange(200), codes)
     for _ in range(5):
         ref.assert_same(index.search(codes[:1], 3), ref.search(codes[:1], codes, np.arange(200), 3))
     assert index.tie_margin == 64
 
 
-def test_huge_ids(ref: SimpleNamespace, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("scan", SCANS)
+def test_huge_ids(ref: SimpleNamespace, rng: np.random.Generator, scan: str) -> None:
     """Ids beyond the packed sort key (>= 2**47) take the two-key sort."""
     codes = ref.clustered_codes(rng, 300, 64)
     ids = (1 << 60) + rng.choice(10_000, size=300, replace=False).astype(np.int64)
-    index = FaissFlatIndex(64, tie_margin=2, max_tie_margin=2)
+    index = FaissFlatIndex(64, tie_margin=2, max_tie_margin=2, scan=scan)
     index.add(ids, codes)
     for k in (1, 10, 300):
         ref.assert_same(index.search(codes[:6], k), ref.search(codes[:6], codes, ids, k))
