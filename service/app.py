@@ -86,6 +86,10 @@ def _start(state: ServiceState) -> None:
     engine.start()
     state.engine = engine
     state.writer = ItemWriter(s.data_dir, state.store, state.encoder, engine.model_lock)
+    try:  # before the job runner starts: nothing writes files meanwhile (the grace period is a second guard)
+        state.writer.sweep_orphans(s.orphan_grace_s)
+    except OSError as exc:
+        logger.warning("orphan sweep failed (files are kept): %s", exc)
     state.jobs = JobStore(s.data_dir / JOB_DB)
     runner = JobRunner(state.jobs, state.writer, s.data_dir / UPLOAD_DIR, max_file_bytes=s.max_upload_bytes,
                        max_pixels=s.max_pixels, batch_size=s.job_batch_size,
