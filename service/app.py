@@ -79,7 +79,8 @@ def _start(state: ServiceState) -> None:
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"
-    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri)
+    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri,
+                            check_integrity=not state.store_checked)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
                              on_batch=state.metrics.observe_batch)
     state.status = "warming up"
@@ -171,11 +172,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_stop, state)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service app; nothing is loaded until its lifespan starts."""
+def create_app(settings: Settings | None = None, *, store_checked: bool = False) -> FastAPI:
+    """The service app; nothing is loaded until its lifespan starts.
+
+    ``store_checked``: the caller has just checked the index database (:func:`~service.preflight.check_store`),
+    so the store skips its own ``PRAGMA quick_check`` when it opens (it reads the whole file).
+    """
     settings = settings or Settings()
     metrics = Metrics()
-    state = ServiceState(settings=settings, metrics=metrics)
+    state = ServiceState(settings=settings, metrics=metrics, store_checked=store_checked)
     app = FastAPI(title="CMAH retrieval service", version=API_VERSION, lifespan=lifespan,
                   description="Cross-modal hashing retrieval between images and 3D point clouds.")
     app.state.cmah = state
@@ -238,7 +243,8 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
         StoreCorruptError: the index database is damaged (checked before the server starts).
         StoreLockedError: another process has the data directory open.
 
-    ``checked``: the caller has already run :func:`~service.preflight.check_store` on these settings.
+    ``checked``: the caller has already run :func:`~service.preflight.check_store` on these settings. Either
+    way the database is checked once: the store opened by the app does not check it again.
     """
     import uvicorn
 
@@ -254,7 +260,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
     read_manifest(settings.weights_dir or SHIPPED_WEIGHTS_DIR)  # fail fast, with one line, on missing weights
     if not checked:
         check_store(settings)  # and on a damaged index database
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, store_checked=True), host=host, port=port,
                                            log_level=settings.log_level.lower(),
                                            timeout_graceful_shutdown=settings.shutdown_timeout_s))
     with _signals_end_quietly():

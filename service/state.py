@@ -32,6 +32,8 @@ class ServiceState:
     runner: JobRunner | None = None
     ready: bool = False
     status: str = "starting"
+    #: the index database was checked (``PRAGMA quick_check``) before start-up: opening the store skips it
+    store_checked: bool = False
 
 
 def get_state(request: Request) -> ServiceState:
