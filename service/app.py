@@ -34,6 +34,7 @@ from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
 from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
+from .memory import MemoryTrimmer
 from .metrics import LatencyMiddleware, Metrics
 from .preflight import check_store
 from .routes import ROUTERS
@@ -98,6 +99,8 @@ def _start(state: ServiceState) -> None:
                        on_finished=lambda st: state.metrics.jobs.labels(state=st).inc())
     runner.start()
     state.runner = runner
+    state.trimmer = MemoryTrimmer(s.malloc_trim_interval_s)
+    state.trimmer.start()
 
 
 def _search_works(state: ServiceState) -> bool:
@@ -145,7 +148,9 @@ def _stop(state: ServiceState) -> None:
         state.jobs.close()
     if state.store is not None:
         state.store.close()
-    state.runner = state.engine = state.jobs = state.store = state.writer = None
+    if state.trimmer is not None:
+        state.trimmer.stop()
+    state.runner = state.trimmer = state.engine = state.jobs = state.store = state.writer = None
     if not state.status.startswith("start-up failed"):  # keep why it never started
         state.status = "stopped"
 

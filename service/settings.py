@@ -52,3 +52,6 @@ class Settings(BaseSettings):
     max_form_parts: int = Field(8, ge=1)
     #: Preview / cloud files that no item refers to are deleted at start once they are this old (seconds)
     orphan_grace_s: float = Field(600.0, ge=0)
+    #: Seconds between two ``malloc_trim(0)`` calls, which give the heap memory freed by the model, renders and
+    #: uploads back to the system (glibc only; 0 = never). See service/memory.py
+    malloc_trim_interval_s: float = Field(10.0, ge=0)
