@@ -275,6 +275,13 @@ class MetadataDB:
         rows = self._conn.execute("SELECT modality, name FROM items WHERE source=? ORDER BY id", (source,))
         return [(str(m), str(n)) for m, n in rows]
 
+    def file_references(self) -> tuple[set[str], set[str]]:
+        """The distinct non-null ``preview`` values and ``item_key`` values of all items."""
+        def distinct(col: str) -> set[str]:
+            return {str(r[0]) for r in self._conn.execute(f"SELECT DISTINCT {col} FROM items WHERE {col} IS NOT NULL")}
+
+        return distinct("preview"), distinct("item_key")
+
     def count_codes(self, modality: str, bits: int) -> int:
         """Number of items of ``modality`` that have a ``bits``-bit code."""
         col = _CODE_COLS[bits]

@@ -348,6 +348,12 @@ class HashStore:
         with self._db_lock:
             return self._require_open().source_names(source)
 
+    def file_references(self) -> tuple[set[str], set[str]]:
+        """``(previews, item_keys)``: every distinct ``preview`` and ``item_key`` value the items hold (what
+        files the items refer to; see :meth:`service.indexing.ItemWriter.sweep_orphans`)."""
+        with self._db_lock:
+            return self._require_open().file_references()
+
     def index_count(self, modality: str, bits: int) -> int:
         """Number of items in the search index of (modality, bits) (equals the SQLite count of items
         of that modality having such a code)."""

@@ -34,6 +34,7 @@ from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
 from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
+from .memory import MemoryTrimmer
 from .metrics import LatencyMiddleware, Metrics
 from .preflight import check_store
 from .routes import ROUTERS
@@ -79,13 +80,18 @@ def _start(state: ServiceState) -> None:
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"
-    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri)
+    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri,
+                            check_integrity=not state.store_checked)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
                              on_batch=state.metrics.observe_batch)
     state.status = "warming up"
     engine.start()
     state.engine = engine
     state.writer = ItemWriter(s.data_dir, state.store, state.encoder, engine.model_lock)
+    try:  # before the job runner starts: nothing writes files meanwhile (the grace period is a second guard)
+        state.writer.sweep_orphans(s.orphan_grace_s)
+    except OSError as exc:
+        logger.warning("orphan sweep failed (files are kept): %s", exc)
     state.jobs = JobStore(s.data_dir / JOB_DB)
     runner = JobRunner(state.jobs, state.writer, s.data_dir / UPLOAD_DIR, max_file_bytes=s.max_upload_bytes,
                        max_pixels=s.max_pixels, batch_size=s.job_batch_size,
@@ -93,6 +99,8 @@ def _start(state: ServiceState) -> None:
                        on_finished=lambda st: state.metrics.jobs.labels(state=st).inc())
     runner.start()
     state.runner = runner
+    state.trimmer = MemoryTrimmer(s.malloc_trim_interval_s)
+    state.trimmer.start()
 
 
 def _search_works(state: ServiceState) -> bool:
@@ -140,7 +148,9 @@ def _stop(state: ServiceState) -> None:
         state.jobs.close()
     if state.store is not None:
         state.store.close()
-    state.runner = state.engine = state.jobs = state.store = state.writer = None
+    if state.trimmer is not None:
+        state.trimmer.stop()
+    state.runner = state.trimmer = state.engine = state.jobs = state.store = state.writer = None
     if not state.status.startswith("start-up failed"):  # keep why it never started
         state.status = "stopped"
 
@@ -167,11 +177,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(_stop, state)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service app; nothing is loaded until its lifespan starts."""
+def create_app(settings: Settings | None = None, *, store_checked: bool = False) -> FastAPI:
+    """The service app; nothing is loaded until its lifespan starts.
+
+    ``store_checked``: the caller has just checked the index database (:func:`~service.preflight.check_store`),
+    so the store skips its own ``PRAGMA quick_check`` when it opens (it reads the whole file).
+    """
     settings = settings or Settings()
     metrics = Metrics()
-    state = ServiceState(settings=settings, metrics=metrics)
+    state = ServiceState(settings=settings, metrics=metrics, store_checked=store_checked)
     app = FastAPI(title="CMAH retrieval service", version=API_VERSION, lifespan=lifespan,
                   description="Cross-modal hashing retrieval between images and 3D point clouds.")
     app.state.cmah = state
@@ -234,7 +248,8 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
         StoreCorruptError: the index database is damaged (checked before the server starts).
         StoreLockedError: another process has the data directory open.
 
-    ``checked``: the caller has already run :func:`~service.preflight.check_store` on these settings.
+    ``checked``: the caller has already run :func:`~service.preflight.check_store` on these settings. Either
+    way the database is checked once: the store opened by the app does not check it again.
     """
     import uvicorn
 
@@ -250,7 +265,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
     read_manifest(settings.weights_dir or SHIPPED_WEIGHTS_DIR)  # fail fast, with one line, on missing weights
     if not checked:
         check_store(settings)  # and on a damaged index database
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, store_checked=True), host=host, port=port,
                                            log_level=settings.log_level.lower(),
                                            timeout_graceful_shutdown=settings.shutdown_timeout_s))
     with _signals_end_quietly():

@@ -4,12 +4,19 @@ A point cloud becomes two items sharing one ``item_key``: a ``points`` item and 
 canonical render). Both get the render as preview (``previews/<key>.png``); the cloud itself is kept
 as ``clouds/<key>.npy`` for ``GET /api/v1/items/{id}/points.ply``. An uploaded picture becomes one
 ``image`` item whose preview is a thumbnail.
+
+The files of a batch are written before its items are committed, so a crash in between (SIGKILL) leaves
+files no item refers to; so do deleted items. :meth:`ItemWriter.sweep_orphans`, run at start-up, removes
+them once they are older than a grace period.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +35,9 @@ logger = logging.getLogger(__name__)
 PREVIEW_DIR = "previews"
 CLOUD_DIR = "clouds"
 THUMBNAIL_SIZE = 256
+#: The files the writer creates (``<key>.png`` in previews, ``<key>.npy`` in clouds) and their ``.tmp``
+#: files while they are written; nothing else in these folders is ever swept.
+_OWN_FILE = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<ext>png|npy)(?P<tmp>\.tmp)?$")
 
 
 class ItemWriter:
@@ -94,6 +104,40 @@ class ItemWriter:
         except BaseException:
             self._remove_files(keys)
             raise
+
+    def sweep_orphans(self, grace_s: float) -> int:
+        """Delete the preview and cloud files that no item refers to and that were last modified more than
+        ``grace_s`` seconds ago; returns how many were deleted (one log line gives the count).
+
+        A preview file is referred to by an item whose ``preview`` names it, a cloud file by an item with its
+        ``item_key``; ``.tmp`` files never are. Items are read before the folders are listed, and a writer
+        writes a batch's files just before it commits its items, so with a grace period longer than one
+        batch a file whose items are being committed concurrently is never deleted. Files of other names
+        are left alone.
+        """
+        cutoff = time.time() - grace_s
+        previews, keys = self.store.file_references()
+        removed = kept_fresh = 0
+        for folder, ext in ((PREVIEW_DIR, "png"), (CLOUD_DIR, "npy")):
+            with os.scandir(self.data_dir / folder) as entries:
+                for entry in entries:
+                    m = _OWN_FILE.match(entry.name)
+                    if m is None or m["ext"] != ext or not entry.is_file(follow_symlinks=False):
+                        continue
+                    if m["tmp"] is None and (f"{folder}/{entry.name}" in previews if folder == PREVIEW_DIR
+                                             else m["key"] in keys):
+                        continue
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                            kept_fresh += 1
+                            continue
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed += 1
+        logger.info("orphan sweep: deleted %d preview/cloud file(s) no item refers to (older than %g s; %d newer "
+                    "ones kept)", removed, grace_s, kept_fresh)
+        return removed
 
     # ------------------------------------------------------------------ items
     def add_clouds(self, points: np.ndarray, names: Sequence[str], labels: Sequence[str | None],

@@ -50,3 +50,8 @@ class Settings(BaseSettings):
     body_total_timeout_s: float = Field(600.0, gt=0)
     #: Most files and most other fields in one multipart form (more: 400 ``too_many_parts``)
     max_form_parts: int = Field(8, ge=1)
+    #: Preview / cloud files that no item refers to are deleted at start once they are this old (seconds)
+    orphan_grace_s: float = Field(600.0, ge=0)
+    #: Seconds between two ``malloc_trim(0)`` calls, which give the heap memory freed by the model, renders and
+    #: uploads back to the system (glibc only; 0 = never). See service/memory.py
+    malloc_trim_interval_s: float = Field(10.0, ge=0)

@@ -16,6 +16,7 @@ from .engine import InferenceEngine
 from .errors import APIError
 from .indexing import ItemWriter
 from .jobs import JobRunner, JobStore
+from .memory import MemoryTrimmer
 from .metrics import Metrics
 from .settings import Settings
 
@@ -30,8 +31,11 @@ class ServiceState:
     writer: ItemWriter | None = None
     jobs: JobStore | None = None
     runner: JobRunner | None = None
+    trimmer: MemoryTrimmer | None = None
     ready: bool = False
     status: str = "starting"
+    #: the index database was checked (``PRAGMA quick_check``) before start-up: opening the store skips it
+    store_checked: bool = False
 
 
 def get_state(request: Request) -> ServiceState:

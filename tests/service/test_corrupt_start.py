@@ -4,9 +4,11 @@ still exact); a bad SQLite database stops the start with a message saying what t
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,65 @@ def test_cmah_serve_exits_with_one_line_on_a_damaged_database(tmp_path, tiny_wei
     assert lines[0].startswith("cmah serve: error: the index database") and str(db) in lines[0]
     assert "restore items.sqlite3 from a backup" in lines[0] and "empty index" in lines[0]
     assert db.read_bytes() == before
+
+
+@pytest.fixture
+def count_quick_checks(monkeypatch) -> list[str]:
+    """Every ``PRAGMA quick_check`` run on a connection opened from now on (any thread)."""
+    checks: list[str] = []
+    connect = sqlite3.connect
+
+    def traced_connect(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: checks.append(sql) if "quick_check" in sql.lower() else None)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    return checks
+
+
+@pytest.fixture
+def serve_env(monkeypatch, tmp_path, tiny_weights, demo_npz) -> Iterator[None]:
+    """``cmah serve`` run in this process: settings from the environment, logger levels restored afterwards."""
+    for name, value in {"CMAH_WEIGHTS_DIR": str(tiny_weights), "CMAH_DEMO_DATA": str(demo_npz), "CMAH_DEVICE": "cpu",
+                        "CMAH_TORCH_THREADS": "1", "CMAH_BUILD_DEMO_GALLERY": "false",
+                        "OMP_WAIT_POLICY": "PASSIVE"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    levels = {name: logging.getLogger(name).level for name in ("service", "index", "model")}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+class _StartStopServer:
+    """Stands in for ``uvicorn.Server``: runs the app's start-up (store opened, ready) and shutdown, no socket."""
+
+    def __init__(self, config):
+        self.app = config.app
+        self.started = False
+
+    def run(self) -> None:
+        with TestClient(self.app) as c:
+            wait_ready(c)
+            assert c.app.state.cmah.store.count() == 800
+            self.started = True
+
+
+def test_cmah_serve_runs_quick_check_once(tmp_path, monkeypatch, serve_env, count_quick_checks):
+    """The preflight of ``cmah serve`` checks the database; the store the app opens then does not check again."""
+    import uvicorn
+
+    from service import cli
+
+    _populated_db(tmp_path / "data")
+    monkeypatch.setattr(uvicorn, "Server", _StartStopServer)
+    assert cli.main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "1"]) == 0
+    assert len(count_quick_checks) == 1, count_quick_checks
+
+
+def test_app_without_preflight_still_checks_the_database(make_settings, tmp_path, count_quick_checks):
+    _populated_db(tmp_path)
+    with TestClient(create_app(make_settings(tmp_path, build_demo_gallery=False))) as c:
+        wait_ready(c)
+    assert len(count_quick_checks) == 1, count_quick_checks
