@@ -28,8 +28,8 @@ def test_full_queue_is_503_with_retry_after_then_recovers(make_settings, tmp_pat
 
         most_pending = 0
         engine.model_lock.acquire()  # the model is busy: the worker blocks on its first batch
-        try:
-            with concurrent.futures.ThreadPoolExecutor(CALLERS) as pool:
+        with concurrent.futures.ThreadPoolExecutor(CALLERS) as pool:
+            try:  # the lock is released before the pool waits for its callers, even when an assertion fails
                 futures = [pool.submit(call, i) for i in range(CALLERS)]
                 deadline = time.monotonic() + 120
                 while sum(f.done() for f in futures) < CALLERS - MAX_PENDING - 1 and time.monotonic() < deadline:
@@ -37,13 +37,11 @@ def test_full_queue_is_503_with_retry_after_then_recovers(make_settings, tmp_pat
                     time.sleep(0.01)
                 most_pending = max(most_pending, engine.pending)
                 early = [f.result() for f in futures if f.done()]
-                assert engine.pending == MAX_PENDING
+                assert engine.pending == MAX_PENDING, f"{engine.pending} requests queued, {len(early)} answered"
                 assert c.get("/metrics").text.count(f"cmah_inference_queue_depth {float(MAX_PENDING)}") == 1
+            finally:
                 engine.model_lock.release()
-                answers = [f.result(timeout=120) for f in futures]
-        finally:
-            if engine.model_lock.locked():
-                engine.model_lock.release()
+            answers = [f.result(timeout=120) for f in futures]
         assert most_pending <= MAX_PENDING
         assert early and all(r.status_code == 503 for r in early)
         overloaded = [r for r in answers if r.status_code == 503]
