@@ -139,7 +139,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     feats = pair_features(enc, ds.points[split.train], views=cfg.views, seed=cfg.seed,
                           progress=not args.quiet)
     model = fit_heads(enc.model, feats, cfg)
-    refit = {"source_weights": str(weights), "source_sha256": source.get("files", {}),
+    refit = {"source_weights": str(weights), "source_files": source.get("files", {}),
              "data": {"path": str(args.data), "sha256": ds.sha256, "shapes": len(ds),
                       "train": len(split.train), "feature_rows": len(feats.image)},
              "config": dataclasses.asdict(cfg)}
