@@ -30,7 +30,7 @@ from .config import CMAHConfig
 from .dataset import PointDataset, load_dataset, make_split
 from .device import pick_device
 from .renderer import RenderConfig, knn_geometry, random_view, render
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,41 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
 
     def _init_from(self, path: Path) -> None:
-        """Model weights of another run (its optimiser, schedule and step count are not taken)."""
+        """Model weights of another run (its optimiser, schedule and step count are not taken).
+
+        ``path`` is a training checkpoint (every module is taken) or an inference weights directory
+        such as ``weights/`` (the encoders are taken, and the hash heads when they are of this
+        model's kind; fusion blocks and decoders, which inference weights lack, start fresh).
+        """
+        if path.is_dir():
+            self._init_from_weights(path)
+            return
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint (--init-from)")
+            raise FileNotFoundError(f"{path}: no such checkpoint or weights directory (--init-from)")
         ck = torch.load(path, map_location=self.device, weights_only=False)
         if CMAHConfig.from_dict(ck.get("model_config", {})).to_dict() != self.cfg.to_dict():
             raise ValueError(f"{path}: checkpoint was trained with a different model config; "
                              "--init-from needs the same --config/--ablation")
         self.model.load_state_dict(ck["model"])
         log.info("initialised from %s (its step %d)", path, ck.get("step", 0))
+
+    def _init_from_weights(self, path: Path) -> None:
+        src = load_weights(path, device=self.device)           # verifies sha256 and config
+        for part in ("image", "points"):
+            if getattr(src.cfg, part) != getattr(self.cfg, part):
+                raise ValueError(f"{path}: its {part} encoder ({getattr(src.cfg, part)}) differs from "
+                                 f"this run's ({getattr(self.cfg, part)}); --init-from needs the same "
+                                 "--config")
+        enc = self.model.encoder
+        enc.image_encoder.load_state_dict(src.image_encoder.state_dict())
+        enc.point_encoder.load_state_dict(src.point_encoder.state_dict())
+        taken = "encoders"
+        if (src.cfg.hash_head, src.cfg.hash_hidden, src.cfg.bits) == \
+                (self.cfg.hash_head, self.cfg.hash_hidden, self.cfg.bits):
+            enc.image_hash.load_state_dict(src.image_hash.state_dict())
+            enc.point_hash.load_state_dict(src.point_hash.state_dict())
+            taken += " and hash heads"
+        log.info("initialised the %s from weights %s (fusion blocks and decoders start fresh)", taken, path)
 
     def save_checkpoint(self, elapsed: float) -> None:
         _atomic_torch_save({

@@ -91,8 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     set_cpu_threads(args.threads)
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
-    if args.init_from and not Path(args.init_from).is_file():
-        raise CLIError(f"{args.init_from}: no such checkpoint (--init-from)")
+    if args.init_from and not Path(args.init_from).exists():
+        raise CLIError(f"{args.init_from}: no such checkpoint or weights directory (--init-from)")
     try:
         trainer = Trainer(cfg, tc, args.data, args.out, device=args.device, resume=args.resume,
                           show_progress=not args.quiet)
@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--init-from", metavar="CHECKPOINT",
-                   help="start from another run's model weights (fresh optimiser and schedule)")
+    t.add_argument("--init-from", metavar="CHECKPOINT|WEIGHTS_DIR",
+                   help="start from another run's checkpoint.pt (every module) or a weights directory "
+                   "such as weights/ (encoders; fresh fusion and decoders); fresh optimiser and schedule")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -339,3 +339,50 @@ def test_train_cli_init_from_errors(synth_npz, tmp_path, capsys):
     assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "r"),
                  "--init-from", str(tmp_path / "missing.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_init_from_weights_dir_takes_encoders_and_matching_heads(synth_npz, tiny_weights, tmp_path):
+    src = load_weights(tiny_weights)
+    tc = TrainConfig(batch_size=16, max_steps=1, init_from=str(tiny_weights), seed=3)
+    tr = Trainer(TINY, tc, synth_npz, tmp_path / "a", show_progress=False)
+    enc = tr.model.encoder
+    for name in ("image_encoder", "point_encoder", "image_hash", "point_hash"):
+        got, want = getattr(enc, name).state_dict(), getattr(src, name).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+    fresh = Trainer(TINY, dataclasses.replace(tc, init_from=None), synth_npz, tmp_path / "b",
+                    show_progress=False)
+    # fusion and decoders are not in inference weights: they start as a fresh run's (same seed)
+    for name in ("image_fusion", "point_fusion", "image_decoder", "point_decoder"):
+        got, want = getattr(tr.model, name).state_dict(), getattr(fresh.model, name).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert tr.run()["steps"] == 1
+
+    # heads of another kind (refit "normed" heads) are not taken: the run's own kind starts fresh
+    normed = dataclasses.replace(TINY, hash_head="normed")
+    save_weights(HashEncoder(normed), tmp_path / "normed")
+    tr = Trainer(TINY, dataclasses.replace(tc, init_from=str(tmp_path / "normed")), synth_npz,
+                 tmp_path / "c", show_progress=False)
+    src = load_weights(tmp_path / "normed")
+    got = tr.model.encoder.point_encoder.state_dict()
+    assert all(torch.equal(v, src.point_encoder.state_dict()[k]) for k, v in got.items())
+    got, want = tr.model.encoder.image_hash.state_dict(), fresh.model.encoder.image_hash.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    # an encoder of another size is refused by name
+    wide = dataclasses.replace(TINY, points=dataclasses.replace(TINY.points, dim=TINY.points.dim * 2))
+    save_weights(HashEncoder(wide), tmp_path / "wide")
+    with pytest.raises(ValueError, match="points encoder"):
+        Trainer(TINY, dataclasses.replace(tc, init_from=str(tmp_path / "wide")), synth_npz, tmp_path / "d",
+                show_progress=False)
+
+
+def test_train_cli_init_from_weights_dir(synth_npz, tiny_weights, tmp_path, capsys):
+    assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "r"),
+                 "--init-from", str(tiny_weights), "--max-steps", "1", "--batch-size", "16",
+                 "--quiet"]) == 0
+    assert "1 steps" in capsys.readouterr().out
+    bad = tmp_path / "notweights"
+    bad.mkdir()
+    assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "s"),
+                 "--init-from", str(bad)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
