@@ -69,6 +69,11 @@ def corrupt_message(path: Path, detail: str) -> str:
     )
 
 
+def _check_value_key(key: str) -> None:
+    if key == "db_uuid" or key.startswith("generation:"):
+        raise ValueError(f"meta key {key!r} is managed by the store")
+
+
 def _gen_key(modality: str) -> str:
     return f"generation:{modality}"
 
@@ -165,6 +170,21 @@ class MetadataDB:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (_gen_key(modality),)).fetchone()
         return int(row[0]) if row else 0
 
+    def get_value(self, key: str) -> str | None:
+        """A free-form ``meta`` value (e.g. ``codes_model``), or ``None`` if unset."""
+        _check_value_key(key)
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_value(self, key: str, value: str | None) -> None:
+        """Set (``None``: remove) a free-form ``meta`` value, in its own transaction."""
+        _check_value_key(key)
+        with self._transaction() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
     @staticmethod
     def _bump(conn: sqlite3.Connection, modalities: Iterable[str]) -> None:
         for modality in set(modalities):
@@ -228,6 +248,24 @@ class MetadataDB:
             self._bump(conn, [item.modality] + ([old.modality] if old else []))
         return old
 
+    def update_codes(self, ids: Sequence[int], codes: Sequence[dict[int, np.ndarray]]) -> list[ItemRecord]:
+        """Replace the codes of existing items (every length: a length missing from the new codes is
+        cleared) in one transaction; returns the previous records. Unknown ids raise ``KeyError``
+        and nothing is changed."""
+        now = utc_now_iso()
+        with self._transaction() as conn:
+            old = [self._get(conn, int(i)) for i in ids]
+            missing = [int(i) for i, r in zip(ids, old, strict=True) if r is None]
+            if missing:
+                raise KeyError(f"no items with ids {missing[:5]}")
+            conn.executemany(
+                "UPDATE items SET code16=?, code32=?, code64=?, updated=? WHERE id=?",
+                ((*(c[b].tobytes() if b in c else None for b in BITS_CHOICES), now, int(i))
+                 for i, c in zip(ids, codes, strict=True)),
+            )
+            self._bump(conn, (r.modality for r in old))  # type: ignore[union-attr]
+        return old  # type: ignore[return-value]
+
     def delete(self, ids: Sequence[int]) -> list[ItemRecord]:
         """Delete items by id in one transaction; returns the records that existed."""
         with self._transaction() as conn:
@@ -269,6 +307,16 @@ class MetadataDB:
         if modality is None:
             return int(self._conn.execute("SELECT count(*) FROM items").fetchone()[0])
         return int(self._conn.execute("SELECT count(*) FROM items WHERE modality=?", (modality,)).fetchone()[0])
+
+    def ids(self, after: int = 0, limit: int = 1000) -> list[int]:
+        """Up to ``limit`` item ids greater than ``after``, ascending (to walk the table in pages)."""
+        rows = self._conn.execute("SELECT id FROM items WHERE id > ? ORDER BY id LIMIT ?", (int(after), int(limit)))
+        return [int(r[0]) for r in rows]
+
+    def source_counts(self) -> dict[str, int]:
+        """Items per ``source`` value."""
+        rows = self._conn.execute("SELECT source, count(*) FROM items GROUP BY source ORDER BY source")
+        return {str(s): int(n) for s, n in rows}
 
     def source_names(self, source: str) -> list[tuple[str, str]]:
         """``(modality, name)`` of every item whose ``source`` is ``source``, by id."""

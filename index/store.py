@@ -21,6 +21,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -39,13 +40,15 @@ from index.flat import DEFAULT_TIE_MARGIN
 from index.locking import RWLock
 from index.metadata import MetadataDB, corrupt_message
 from index.persistence import DirLock
-from index.records import ItemRecord, check_modality, normalize_item
+from index.records import ItemRecord, check_modality, normalize_codes, normalize_item
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("faiss", "milvus")
 DB_FILENAME = "items.sqlite3"
 DEFAULT_SNAPSHOT_EVERY = 10_000
+#: ``meta`` key naming the weights that made the store's codes (see :mod:`service.codes_model`).
+CODES_MODEL_KEY = "codes_model"
 
 
 class VectorBackend(Protocol):
@@ -311,6 +314,43 @@ class HashStore:
             self._after_change(meta, 1)
         return item_id
 
+    def replace_codes(self, ids: Sequence[int], codes: Sequence[Mapping[int, np.ndarray]]) -> None:
+        """Give existing items new codes (e.g. from new weights) in one transaction; each item's code
+        lengths become exactly those given. Everything else about the items is kept.
+
+        Raises:
+            ValueError: a bad code, or ids and codes of different lengths.
+            KeyError: an id that is not in the store (nothing is changed).
+        """
+        ids = [int(i) for i in ids]
+        if len(ids) != len(codes):
+            raise ValueError(f"{len(ids)} ids but {len(codes)} code sets")
+        if not ids:
+            return
+        new = [normalize_codes(c) for c in codes]
+        with self._rw.write(), self._db_lock:
+            meta = self._require_open()
+            old = meta.update_codes(ids, new)
+            records = [dataclasses.replace(r, codes=c) for r, c in zip(old, new, strict=True)]
+            keys = {(r.modality, b) for r in old for b in r.codes} | {(r.modality, b) for r in records for b in r.codes}
+
+            def apply() -> None:
+                self._unindex_items(old)
+                self._index_items(ids, records)
+
+            self._apply(meta, keys, apply)
+            self._after_change(meta, len(ids))
+
+    def get_value(self, key: str) -> str | None:
+        """A free-form value of the store's ``meta`` table (see :data:`CODES_MODEL_KEY`)."""
+        with self._db_lock:
+            return self._require_open().get_value(key)
+
+    def set_value(self, key: str, value: str | None) -> None:
+        """Set (``None``: remove) a free-form ``meta`` value; durable when this returns."""
+        with self._db_lock:
+            self._require_open().set_value(key, value)
+
     def delete(self, ids: Iterable[int]) -> list[int]:
         """Delete items by id in one transaction; returns the ids that existed (unknown ids are ignored)."""
         wanted = [int(i) for i in ids]
@@ -342,6 +382,16 @@ class HashStore:
             check_modality(modality)
         with self._db_lock:
             return self._require_open().count(modality)
+
+    def item_ids(self, after: int = 0, limit: int = 1000) -> list[int]:
+        """Up to ``limit`` ids greater than ``after``, ascending (walk every item in pages)."""
+        with self._db_lock:
+            return self._require_open().ids(after, limit)
+
+    def source_counts(self) -> dict[str, int]:
+        """Number of items per ``source``."""
+        with self._db_lock:
+            return self._require_open().source_counts()
 
     def source_names(self, source: str) -> list[tuple[str, str]]:
         """``(modality, name)`` of the items added with this ``source`` (e.g. ``"job:<id>"``), by id."""

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .cmah import HashEncoder
 from .device import pick_device
 from .renderer import RenderConfig, canonical_view, render
-from .weights import SHIPPED_WEIGHTS_DIR, load_weights
+from .weights import SHIPPED_WEIGHTS_DIR, load_weights, weights_id
 
 Codes = dict[int, np.ndarray]
 
@@ -42,11 +42,16 @@ class Encoder:
         self.cfg = model.cfg
         self.bits = tuple(model.cfg.bits)
         self.render_cfg = RenderConfig(image_size=self.cfg.image.image_size)
+        #: :func:`~model.weights.weights_id` of the weights directory loaded (``None``: built in memory)
+        self.weights_id: str | None = None
 
     @classmethod
     def from_weights(cls, weights_dir: str | Path | None = None, device: str = "auto") -> Encoder:
         dev = pick_device(device)
-        return cls(load_weights(weights_dir or SHIPPED_WEIGHTS_DIR, dev), dev)
+        d = weights_dir or SHIPPED_WEIGHTS_DIR
+        enc = cls(load_weights(d, dev), dev)
+        enc.weights_id = weights_id(d)
+        return enc
 
     @property
     def image_size(self) -> int:

@@ -15,17 +15,18 @@ from safetensors.torch import load_file, save_file
 
 from .cmah import HashEncoder
 from .config import CMAHConfig
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SHIPPED_WEIGHTS_DIR,
+    WEIGHTS_FILE,
+    WeightsError,
+    read_manifest,
+    weights_id,
+)
 
-WEIGHTS_FILE = "cmah_encoder.safetensors"
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
-#: The weights shipped in the repository.
-SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be used: missing files, checksum mismatch, incompatible config."""
-
+__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "SHIPPED_WEIGHTS_DIR", "WEIGHTS_FILE", "WeightsError", "load_weights",
+           "read_manifest", "save_weights", "weights_id", "write_manifest"]
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -62,16 +63,6 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
         json.dump(manifest, f, indent=2, sort_keys=False)
         f.write("\n")
     os.replace(tmp, out_dir / MANIFEST_FILE)
-
-
-def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
-    path = Path(weights_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise WeightsError(f"{weights_dir}: no {MANIFEST_FILE} (not a CMAH weights directory)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{path}: invalid JSON ({exc})") from None
 
 
 def load_weights(weights_dir: str | Path = SHIPPED_WEIGHTS_DIR, device: str | torch.device = "cpu",

@@ -27,9 +27,10 @@ from starlette.concurrency import run_in_threadpool
 
 from index.errors import StoreCorruptError, StoreLockedError
 from index.records import MODALITIES
-from index.store import HashStore
+from index.store import CODES_MODEL_KEY, HashStore
 
 from .auth import AdminGuardMiddleware
+from .codes_model import CodesModelError, check_codes_model, reencode_items, short
 from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
@@ -82,6 +83,7 @@ def _start(state: ServiceState) -> None:
     state.status = "opening index"
     state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri,
                             check_integrity=not state.store_checked)
+    _check_codes(state)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
                              on_batch=state.metrics.observe_batch)
     state.status = "warming up"
@@ -103,6 +105,24 @@ def _start(state: ServiceState) -> None:
     state.trimmer.start()
 
 
+def _check_codes(state: ServiceState) -> None:
+    """Refuse a data directory coded by other weights, unless it holds only the demo gallery: that one
+    is re-encoded before the service is ready (:func:`_prepare_gallery`)."""
+    assert state.store is not None and state.encoder is not None
+    if state.encoder.weights_id is None:  # an encoder built in memory (tests): nothing to compare
+        return
+    check = check_codes_model(state.store, state.encoder.weights_id)
+    if check.state == "empty":
+        state.store.set_value(CODES_MODEL_KEY, check.current)
+    elif check.auto_reencode:
+        logger.warning("the data directory %s holds only the demo gallery, coded by other weights (%s, %s…); "
+                       "re-encoding it with these (%s…)", state.settings.data_dir, check.state,
+                       short(check.recorded), short(check.current))
+        state.reencode_demo = True
+    elif not check.ok:  # the lifespan closes the store
+        raise CodesModelError(check.problem(state.settings.data_dir, state.settings.weights_dir))
+
+
 def _search_works(state: ServiceState) -> bool:
     assert state.store is not None and state.encoder is not None
     bits = max(state.encoder.bits)
@@ -116,6 +136,17 @@ def _prepare_gallery(state: ServiceState, stop: threading.Event) -> None:
     s = state.settings
     try:
         assert state.store is not None and state.writer is not None
+        if state.reencode_demo:
+            assert state.encoder is not None and state.encoder.weights_id is not None
+
+            def reencoded(done: int, total: int) -> None:
+                state.status = f"re-encoding the demo gallery ({done}/{total})"
+                if stop.is_set():
+                    raise InterruptedError("shutdown")
+
+            state.status = "re-encoding the demo gallery"
+            reencode_items(state.writer, state.encoder.weights_id, drop_missing=True, progress=reencoded)
+            state.reencode_demo = False
         if s.build_demo_gallery and state.store.count() == 0:
             state.status = "building demo gallery"
 
@@ -163,7 +194,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         try:
             await run_in_threadpool(_start, state)
-        except (StoreCorruptError, StoreLockedError) as exc:
+        except (StoreCorruptError, StoreLockedError, CodesModelError) as exc:
             logger.error("cannot start: %s", exc)
             state.status = f"start-up failed: {exc}"
             raise

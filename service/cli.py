@@ -24,17 +24,26 @@ class CLIError(Exception):
 
 def _fail_on_user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapper(args: argparse.Namespace) -> int:
+        from pydantic import ValidationError
+
         from index.errors import StoreCorruptError, StoreLockedError
         from model.dataset import DatasetError
         from model.inputs import InputError
-        from model.weights import WeightsError
+        from model.manifest import WeightsError
+
+        from .codes_model import CodesModelError, ReencodeError
+        from .index_commands import IndexCommandError
 
         try:
             return fn(args)
         except CLIError as exc:
             msg = str(exc)
-        except (InputError, DatasetError, WeightsError, StoreCorruptError, StoreLockedError) as exc:
+        except (InputError, DatasetError, WeightsError, StoreCorruptError, StoreLockedError, CodesModelError,
+                ReencodeError, IndexCommandError) as exc:
             msg = str(exc)
+        except ValidationError as exc:  # a CMAH_* setting (environment or .env) of the wrong type or value
+            msg = "; ".join(f"invalid setting CMAH_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: "
+                            f"{e['msg']}" for e in exc.errors())
         except FileNotFoundError as exc:
             msg = f"{exc.filename}: no such file"
         except IsADirectoryError as exc:
@@ -363,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--data-dir", help="where the index and metadata live (default: CMAH_DATA_DIR or ./.cmah-data)")
     v.set_defaults(func=cmd_serve)
+
+    from . import index_commands
+
+    index_commands.add_parser(sub)
     return p
 
 

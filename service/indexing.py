@@ -20,15 +20,20 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from index.store import HashStore
+from index.store import CODES_MODEL_KEY, HashStore
 from model.dataset import load_dataset
-from model.encode import Encoder
+from model.encode import Codes, Encoder
 from model.renderer import to_uint8
+
+from .codes_model import CodesModelError, check_codes_model
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,7 @@ class ItemWriter:
     def _store(self, keys: list[str], build: Callable[[int, str], list[dict]]) -> list[int]:
         """Write the files of each shape (``build(i, key)`` writes them and returns its items), then add
         every item in one transaction; on failure the files written for the batch are removed."""
+        self._check_codes_model()
         items: list[dict] = []
         try:
             for i, key in enumerate(keys):
@@ -104,6 +110,17 @@ class ItemWriter:
         except BaseException:
             self._remove_files(keys)
             raise
+
+    def _check_codes_model(self) -> None:
+        """Codes are added only to a store whose codes these weights made; an empty store records them
+        (see :mod:`service.codes_model`)."""
+        current = self.encoder.weights_id
+        if current is None or self.store.get_value(CODES_MODEL_KEY) == current:
+            return
+        check = check_codes_model(self.store, current)
+        if check.state != "empty":
+            raise CodesModelError(check.problem(self.data_dir))
+        self.store.set_value(CODES_MODEL_KEY, current)
 
     def sweep_orphans(self, grace_s: float) -> int:
         """Delete the preview and cloud files that no item refers to and that were last modified more than
@@ -140,17 +157,30 @@ class ItemWriter:
         return removed
 
     # ------------------------------------------------------------------ items
+    def encode_clouds(self, points: np.ndarray) -> tuple[Codes, Codes, torch.Tensor]:
+        """Normalised clouds ``[B, P, 3]`` -> (their point codes, the codes of their canonical renders,
+        the renders ``[B, 3, S, S]``): what a cloud's two items hold."""
+        enc = self.encoder
+        with self.model_lock:
+            pts = enc.points_tensor(points)
+            imgs = enc.render_points(pts)
+            return enc.encode_point_tensors(pts), enc.encode_image_tensors(imgs), imgs
+
+    def encode_pictures(self, images: Sequence[Image.Image]) -> Codes:
+        """Validated RGB pictures -> their codes (what an uploaded picture's item holds)."""
+        import torch
+
+        enc = self.encoder
+        x = torch.stack([enc.image_tensor(im) for im in images])
+        with self.model_lock:
+            return enc.encode_image_tensors(x)
+
     def add_clouds(self, points: np.ndarray, names: Sequence[str], labels: Sequence[str | None],
                    source: str) -> list[int]:
         """Index normalised clouds ``[B, P, 3]`` as points and as rendered images; returns the new ids."""
         if len(points) == 0:
             return []
-        enc = self.encoder
-        with self.model_lock:
-            pts = enc.points_tensor(points)
-            imgs = enc.render_points(pts)
-            point_codes = enc.encode_point_tensors(pts)
-            image_codes = enc.encode_image_tensors(imgs)
+        point_codes, image_codes, imgs = self.encode_clouds(points)
         pixels = to_uint8(imgs.cpu()).numpy()
         keys = [uuid.uuid4().hex for _ in range(len(points))]
 
@@ -169,12 +199,7 @@ class ItemWriter:
         """Index validated RGB pictures as image items; returns the new ids."""
         if not images:
             return []
-        import torch
-
-        enc = self.encoder
-        x = torch.stack([enc.image_tensor(im) for im in images])
-        with self.model_lock:
-            codes = enc.encode_image_tensors(x)
+        codes = self.encode_pictures(images)
         keys = [uuid.uuid4().hex for _ in images]
 
         def build(i: int, key: str) -> list[dict]:

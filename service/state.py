@@ -36,6 +36,8 @@ class ServiceState:
     status: str = "starting"
     #: the index database was checked (``PRAGMA quick_check``) before start-up: opening the store skips it
     store_checked: bool = False
+    #: the store holds only the demo gallery, coded by other weights: re-encode it before being ready
+    reencode_demo: bool = False
 
 
 def get_state(request: Request) -> ServiceState:

@@ -111,3 +111,14 @@ def test_train_cli_tiny_run(synth_npz, tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "run" / "weights" / "manifest.json").is_file()
     assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r2")]) == 2
+
+
+@pytest.mark.parametrize("command", [["serve"], ["index", "info"]])
+def test_a_bad_setting_is_one_line_naming_the_variable(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CMAH_BACKEND", "gpu")
+    monkeypatch.setenv("CMAH_MAX_BATCH", "0")
+    monkeypatch.chdir(tmp_path)                        # no .env of the checkout
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "CMAH_BACKEND='gpu'" in err and "CMAH_MAX_BATCH='0'" in err

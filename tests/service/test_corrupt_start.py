@@ -18,8 +18,9 @@ from svc_helpers import brute_force, free_port, http_status, ply_bytes, png_byte
 
 from index.errors import StoreCorruptError
 from index.persistence import read_snapshot
-from index.store import DB_FILENAME, HashStore
+from index.store import CODES_MODEL_KEY, DB_FILENAME, HashStore
 from model.inputs import load_points, read_image
+from model.weights import weights_id
 from service.app import create_app
 
 DAMAGED = ("image", "points")  # the 64-bit snapshot of both modalities is damaged
@@ -64,12 +65,15 @@ def test_damaged_snapshot_at_app_start_is_rebuilt_from_sqlite(make_settings, tmp
         assert read_snapshot(path)[0].count == 12
 
 
-def _populated_db(data_dir: Path) -> Path:
+def _populated_db(data_dir: Path, weights: Path | None = None) -> Path:
+    """800 image items of random codes, recorded as made by ``weights`` (if given: an app on them starts)."""
     rng = np.random.default_rng(0)
     with HashStore(data_dir) as store:
         for _ in range(4):
             store.add([{"modality": "image", "name": f"i{j}", "codes": {64: rng.integers(0, 256, 8, dtype=np.uint8)}}
                        for j in range(200)])
+        if weights is not None:
+            store.set_value(CODES_MODEL_KEY, weights_id(weights))
     return data_dir / DB_FILENAME
 
 
@@ -176,20 +180,21 @@ class _StartStopServer:
             self.started = True
 
 
-def test_cmah_serve_runs_quick_check_once(tmp_path, monkeypatch, serve_env, count_quick_checks):
+def test_cmah_serve_runs_quick_check_once(tmp_path, monkeypatch, serve_env, count_quick_checks, tiny_weights):
     """The preflight of ``cmah serve`` checks the database; the store the app opens then does not check again."""
     import uvicorn
 
     from service import cli
 
-    _populated_db(tmp_path / "data")
+    _populated_db(tmp_path / "data", tiny_weights)
     monkeypatch.setattr(uvicorn, "Server", _StartStopServer)
     assert cli.main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "1"]) == 0
     assert len(count_quick_checks) == 1, count_quick_checks
 
 
-def test_app_without_preflight_still_checks_the_database(make_settings, tmp_path, count_quick_checks):
-    _populated_db(tmp_path)
+def test_app_without_preflight_still_checks_the_database(make_settings, tmp_path, count_quick_checks,
+                                                         tiny_weights):
+    _populated_db(tmp_path, tiny_weights)
     with TestClient(create_app(make_settings(tmp_path, build_demo_gallery=False))) as c:
         wait_ready(c)
     assert len(count_quick_checks) == 1, count_quick_checks
