@@ -32,9 +32,12 @@ code is read from memory once per task instead of once per query (batched search
 A single query (or fewer queries than threads) is split over the database instead: each task scans
 one chunk of rows and the per-chunk top-k lists are merged.
 
-The functions are compiled on first use and cached on disk (``cache=True``); :func:`warm_up` compiles
-(or loads) them for one word type so that the first query does not wait, :func:`warm_up_in_background`
-does it in a daemon thread (:func:`is_ready` tells when it is done). They release the GIL.
+The functions are compiled on first use and cached on disk (``cache=True``: in ``NUMBA_CACHE_DIR`` when
+set, as in the Docker images, else in ``__pycache__`` here or numba's user cache directory; loading them
+takes about a second, compiling them 10-20 s per word type on a busy 2-core machine); everything they
+call is in this file, whose time stamp numba checks. :func:`warm_up` compiles (or loads) them for one
+word type so that the first query does not wait, :func:`warm_up_in_background` does it in a daemon
+thread (:func:`is_ready` tells when it is done). They release the GIL.
 With numba's ``workqueue`` threading layer (no OpenMP or TBB runtime found), which must not be
 entered by two threads at once, a parallel call that finds another one running runs serially.
 """

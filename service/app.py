@@ -81,7 +81,7 @@ def _start(state: ServiceState) -> None:
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"
-    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri,
+    state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri, scan=s.scan,
                             check_integrity=not state.store_checked)
     _check_codes(state)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     backend: Literal["faiss", "milvus"] = "faiss"
     #: Milvus server URI for backend="milvus" (e.g. http://milvus:19530); unset: a milvus-lite file in data_dir
     milvus_uri: str | None = None
+    #: Full scan of the FAISS backend (index.flat.SCAN_CHOICES): "auto" = the compiled numba kernel once it is
+    #: compiled or loaded from numba's cache (FAISS's scan meanwhile, and without numba), "numba" = the kernel
+    #: only (the store waits for it at start; an error without numba), "faiss" = FAISS's scan only
+    scan: Literal["auto", "numba", "faiss"] = "auto"
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_pending: int = Field(256, ge=1)

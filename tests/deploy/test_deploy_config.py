@@ -161,6 +161,7 @@ def test_dockerfile_essentials(dockerfile: Path) -> None:
     assert re.search(r"^USER 10001:10001$", text, re.M)  # not root
     assert re.search(r"^HEALTHCHECK .*\n?.*/opt/cmah/healthcheck.py", text, re.M)
     assert "COPY weights/ /opt/cmah/weights/" in text and "CMAH_WEIGHTS_DIR=/opt/cmah/weights" in text
+    assert re.search(r"^\s+NUMBA_CACHE_DIR=/data/", text, re.M)  # the compiled scan kernel survives restarts
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     assert cmd[:2] == ["cmah", "serve"] and "--data-dir" in cmd
 

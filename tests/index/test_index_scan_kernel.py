@@ -240,6 +240,25 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
+def test_kernels_load_from_numba_disk_cache() -> None:
+    """``cache=True`` works for these kernels (nothing in them that numba cannot cache, such as a
+    closure): once compiled here, a fresh interpreter loads the serial kernel from numba's disk cache
+    (``NUMBA_CACHE_DIR`` or ``__pycache__``, inherited) and compiles nothing."""
+    sk.warm_up(np.uint16)  # compiles and writes the cache, or loads it
+    script = """
+import numpy as np
+import index.scan_kernel as sk
+sk.warm_up(np.uint16)
+stats = sk._search_serial.stats
+assert sum(stats.cache_hits.values()) == 1 and not stats.cache_misses, stats
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
 def test_background_warm_up_switches_when_ready(
     ref: SimpleNamespace, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
