@@ -180,11 +180,15 @@ class Trainer:
         return images, points.to(self.device)
 
     # --- checkpoints ------------------------------------------------------------------------------
-    def _load_checkpoint(self, path: Path) -> None:
+    def _read_checkpoint(self, path: Path, remedy: str) -> dict[str, Any]:
+        """A checkpoint of this model config (else ``ValueError`` ending with ``remedy``)."""
         ck = torch.load(path, map_location=self.device, weights_only=False)
-        if CMAHConfig.from_dict(ck["model_config"]).to_dict() != self.cfg.to_dict():
-            raise ValueError(f"{path}: checkpoint was trained with a different model config; "
-                             "use the same --config/--ablation or a new --out directory")
+        if CMAHConfig.from_dict(ck.get("model_config", {})).to_dict() != self.cfg.to_dict():
+            raise ValueError(f"{path}: checkpoint was trained with a different model config; {remedy}")
+        return ck
+
+    def _load_checkpoint(self, path: Path) -> None:
+        ck = self._read_checkpoint(path, "use the same --config/--ablation or a new --out directory")
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.step, self.epoch, self.history = ck["step"], ck["epoch"], ck["history"]
@@ -205,10 +209,7 @@ class Trainer:
             return
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint or weights directory (--init-from)")
-        ck = torch.load(path, map_location=self.device, weights_only=False)
-        if CMAHConfig.from_dict(ck.get("model_config", {})).to_dict() != self.cfg.to_dict():
-            raise ValueError(f"{path}: checkpoint was trained with a different model config; "
-                             "--init-from needs the same --config/--ablation")
+        ck = self._read_checkpoint(path, "--init-from needs the same --config/--ablation")
         self.model.load_state_dict(ck["model"])
         log.info("initialised from %s (its step %d)", path, ck.get("step", 0))
 
