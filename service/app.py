@@ -115,9 +115,8 @@ def _check_codes(state: ServiceState) -> None:
     if check.state == "empty":
         state.store.set_value(CODES_MODEL_KEY, check.current)
     elif check.auto_reencode:
-        logger.warning("the data directory %s holds only the demo gallery, coded by other weights (%s, %s…); "
-                       "re-encoding it with these (%s…)", state.settings.data_dir, check.state,
-                       short(check.recorded), short(check.current))
+        logger.warning("the data directory %s %s; it holds only the demo gallery: re-encoding it with these "
+                       "weights (%s…)", state.settings.data_dir, check.reason, short(check.current))
         state.reencode_demo = True
     elif not check.ok:  # the lifespan closes the store
         raise CodesModelError(check.problem(state.settings.data_dir, state.settings.weights_dir))

@@ -80,15 +80,19 @@ class CodesCheck:
         """Not ok, but every item comes from the demo gallery: re-encoding it needs nobody's consent."""
         return not self.ok and self.demo_only
 
-    def problem(self, data_dir: Path | str, weights_dir: Path | str | None = None) -> str:
-        """One line for the operator: what is wrong and what to do (``weights_dir``: the weights given
-        explicitly, if they were)."""
-        why = {
+    @property
+    def reason(self) -> str:
+        """What is wrong, as the end of "the data directory X ..." ."""
+        return {
             "unknown": "does not record which weights made its codes (it was built by an older version)",
             "other": f"holds codes made by other weights ({short(self.recorded)}…)",
             "interrupted": "was being re-encoded when that was interrupted",
         }.get(self.state, "is fine")
-        return (f"the data directory {data_dir} {why}; these weights ({short(self.current)}…) cannot search "
+
+    def problem(self, data_dir: Path | str, weights_dir: Path | str | None = None) -> str:
+        """One line for the operator: what is wrong and what to do (``weights_dir``: the weights given
+        explicitly, if they were)."""
+        return (f"the data directory {data_dir} {self.reason}; these weights ({short(self.current)}…) cannot search "
                 f"its {self.items} items. Re-encode them: cmah index reencode --data-dir {data_dir}"
                 + (f" --weights {weights_dir}" if weights_dir else "") + " (or use another --data-dir)")
 
