@@ -3,7 +3,7 @@
     .venv/bin/python bench/encode.py [--weights DIR] [--devices cpu cuda] [--n 50] [--warmup 5]
                                      [--batches 1 4 8 16 32 64] [--seconds 1.0] [--threads N]
                                      [--callers 32] [--requests 20] [--max-batch 32] [--max-wait-ms 5]
-                                     [--skip-engine] [--json FILE]
+                                     [--skip-engine] [--cpu-parallel chunks intra-op] [--json FILE]
 
 (a) **Model** (``model.encode.Encoder``, preprocessed tensors in, packed codes out, per modality):
 
@@ -12,7 +12,9 @@
   ``--seconds`` have passed (at least 2); the best inputs/s over the batch sizes and the size it
   was reached at.
 
-Devices: CPU, and CUDA when it is available (``--devices`` to choose).
+Devices: CPU, and CUDA when it is available (``--devices`` to choose). On CPU both ways of using the
+threads are measured (``--cpu-parallel``, the service's ``CMAH_CPU_PARALLEL``): ``chunks`` (the
+service's default: a batch split over the threads, one torch thread each) and ``intra-op``.
 
 (b) **Dynamic batching** (``service.engine.InferenceEngine``, in process, on the first device): ``--callers``
 threads each submit ``--requests`` inputs one after the other (submit, wait for the codes, next),
@@ -183,6 +185,17 @@ def bench_engine(enc: Encoder, inputs: dict[str, torch.Tensor], args: argparse.N
     return rows
 
 
+def set_parallel_mode(enc: Encoder, mode: str, threads: int) -> None:
+    """As the service's ``CMAH_CPU_PARALLEL`` (service/app.py): ``chunks`` = batch chunks on ``threads``
+    threads with one torch thread each; ``intra-op`` = one call with ``threads`` torch threads."""
+    if mode == "chunks":
+        torch.set_num_threads(1)
+        enc.set_parallel(threads)
+    else:
+        torch.set_num_threads(threads)
+        enc.set_parallel(1)
+
+
 # ------------------------------------------------------------------------------------------ output
 def markdown(meta: dict, model_rows: list[dict], engine_rows: list[dict], args: argparse.Namespace) -> str:
     out = [f"**Machine:** {meta['machine']}", "",
@@ -233,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-timeout", type=float, default=600.0, help="bound on one engine run in seconds")
     p.add_argument("--skip-model", action="store_true", help="only the dynamic-batching part")
     p.add_argument("--skip-engine", action="store_true", help="only the model part")
+    p.add_argument("--cpu-parallel", nargs="+", choices=["chunks", "intra-op"], default=["chunks", "intra-op"],
+                   help="CPU modes to measure (as CMAH_CPU_PARALLEL; default: both, the service's first)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if min(args.n, args.callers, args.requests, *args.batches) < 1 or args.warmup < 0:
@@ -252,11 +267,17 @@ def main(argv: list[str] | None = None) -> int:
         enc = Encoder.from_weights(args.weights, device=dev)
         meta.update(image_size=enc.image_size, num_points=enc.num_points)
         inputs = make_inputs(enc, n_inputs)
-        if not args.skip_model:
-            model_rows += bench_model(enc, inputs, args)
-        if i == 0 and not args.skip_engine:
-            meta["engine_device"] = str(enc.device)
-            engine_rows = bench_engine(enc, inputs, args)
+        for mode in (args.cpu_parallel if enc.device.type == "cpu" else ["-"]):
+            set_parallel_mode(enc, mode, threads)
+            label = str(enc.device) if mode == "-" else f"{enc.device} ({mode})"
+            if not args.skip_model:
+                rows = bench_model(enc, inputs, args)
+                model_rows += [dict(r, device=label, mode=mode) for r in rows]
+            if i == 0 and not args.skip_engine:
+                meta["engine_device"] = str(enc.device)
+                engine_rows += [dict(r, workload=f"{r['workload']}, {mode}" if mode != "-" else r["workload"],
+                                     mode=mode) for r in bench_engine(enc, inputs, args)]
+        set_parallel_mode(enc, "intra-op", threads)
     print(markdown(meta, model_rows, engine_rows, args))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, model=model_rows, engine=engine_rows,

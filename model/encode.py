@@ -8,11 +8,17 @@ bulk indexing and the HTTP service, so every caller preprocesses exactly the sam
   image store) is the canonical render from :mod:`model.renderer`.
 * Codes: sign of the hash layer output, packed with ``np.packbits`` (uint8 [B, bits / 8], bit 1 =
   non-negative output, big-endian within each byte).
+
+On CPU, :meth:`Encoder.set_parallel` runs a model call as chunks of the batch on several threads with
+one intra-op thread each (what the service does): on 2 cores, one input took 3.6 ms (image) / 8.4 ms
+(points) with one thread against 7.3 / 12.2 ms with two, and a batch of 32 split in two went ~1.2–1.4x
+faster than one call with two intra-op threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +50,35 @@ class Encoder:
         self.render_cfg = RenderConfig(image_size=self.cfg.image.image_size)
         #: :func:`~model.weights.weights_id` of the weights directory loaded (``None``: built in memory)
         self.weights_id: str | None = None
+        self.workers = 1
+        self._pool: ThreadPoolExecutor | None = None
+
+    def set_parallel(self, workers: int) -> None:
+        """Run each model call on CPU as up to ``workers`` chunks of its batch, on as many threads with
+        one intra-op thread each (1: one call in the caller's thread, with torch's own threads). The
+        caller sets ``torch.set_num_threads(1)`` too when it wants every model call single-threaded."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.workers = workers if self.device.type == "cpu" else 1
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="cmah-encode",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+
+    def _call(self, fn: Callable[[torch.Tensor], torch.Tensor | dict[int, torch.Tensor]],
+              x: torch.Tensor) -> torch.Tensor | dict[int, torch.Tensor]:
+        """``fn(x)``, split over the parallel chunks when :meth:`set_parallel` asked for them."""
+        n = min(self.workers, len(x))
+        if n <= 1 or self._pool is None:
+            return fn(x)
+        chunks = x.tensor_split(n)
+        rest = [self._pool.submit(_no_grad_call, fn, c) for c in chunks[1:]]
+        parts = [_no_grad_call(fn, chunks[0])] + [f.result() for f in rest]
+        if isinstance(parts[0], dict):
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
+        return torch.cat(parts)  # type: ignore[arg-type]
 
     @classmethod
     def from_weights(cls, weights_dir: str | Path | None = None, device: str = "auto") -> Encoder:
@@ -99,21 +134,21 @@ class Encoder:
     @torch.no_grad()
     def encode_image_tensors(self, images: torch.Tensor) -> Codes:
         """[B, 3, S, S] in [0, 1] -> packed codes per code length."""
-        h = self.model.encode_images(images.to(self.device))
-        return {b: pack_codes(v) for b, v in h.items()}
+        h = self._call(self.model.encode_images, images.to(self.device))
+        return {b: pack_codes(v) for b, v in h.items()}  # type: ignore[union-attr]
 
     @torch.no_grad()
     def encode_point_tensors(self, points: torch.Tensor) -> Codes:
-        h = self.model.encode_points(points.to(self.device))
-        return {b: pack_codes(v) for b, v in h.items()}
+        h = self._call(self.model.encode_points, points.to(self.device))
+        return {b: pack_codes(v) for b, v in h.items()}  # type: ignore[union-attr]
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> np.ndarray:
-        return self.model.image_features(images.to(self.device)).float().cpu().numpy()
+        return self._call(self.model.image_features, images.to(self.device)).float().cpu().numpy()  # type: ignore[union-attr]
 
     @torch.no_grad()
     def point_features(self, points: torch.Tensor) -> np.ndarray:
-        return self.model.point_features(points.to(self.device)).float().cpu().numpy()
+        return self._call(self.model.point_features, points.to(self.device)).float().cpu().numpy()  # type: ignore[union-attr]
 
     def encode_image(self, img: Image.Image) -> Codes:
         """One picture -> {bits: uint8 [bits / 8]}."""
@@ -147,6 +182,11 @@ class Encoder:
                 add("points_feat", self.point_features(pts))
                 add("image_feat", self.image_features(imgs))
         return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _no_grad_call(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
+    with torch.no_grad():  # grad mode is per thread
+        return fn(x)
 
 
 def time_call(fn: Callable[[], object], repeats: int = 100, warmup: int = 10) -> float:

@@ -57,16 +57,17 @@ COMMON_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def _set_threads(settings: Settings) -> None:
+def _set_threads(settings: Settings) -> int:
+    """Set torch's intra-op threads for the model's CPU mode; returns the CPU threads the model may use."""
     import torch
 
     from model.device import set_cpu_threads
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
-    else:
-        set_cpu_threads()
-    logger.info("torch intra-op threads: %d", torch.get_num_threads())
+    n = set_cpu_threads(settings.torch_threads)
+    if settings.cpu_parallel == "chunks":
+        torch.set_num_threads(1)  # parallel over batch chunks instead (Encoder.set_parallel)
+    logger.info("model CPU threads: %d (%s)", n, settings.cpu_parallel)
+    return n
 
 
 def _start(state: ServiceState) -> None:
@@ -75,9 +76,11 @@ def _start(state: ServiceState) -> None:
 
     s = state.settings
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    _set_threads(s)
+    threads = _set_threads(s)
     state.status = "loading model"
     state.encoder = Encoder.from_weights(s.weights_dir, device=s.device)
+    if s.cpu_parallel == "chunks":
+        state.encoder.set_parallel(threads)
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"

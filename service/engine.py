@@ -85,12 +85,14 @@ class InferenceEngine:
         self._thread.start()
 
     def warm_up(self) -> None:
-        """One model call of each kind, so the first request does not pay for lazy initialisation."""
+        """One model call of each kind (a batch that reaches every parallel worker thread of the encoder),
+        so the first request does not pay for lazy initialisation."""
         t0 = time.perf_counter()
         enc = self.encoder
+        n = enc.workers
         with self.model_lock:
-            enc.encode_image_tensors(torch.zeros(1, 3, enc.image_size, enc.image_size))
-            pts = torch.randn(1, enc.num_points, 3, generator=torch.Generator().manual_seed(0))
+            enc.encode_image_tensors(torch.zeros(n, 3, enc.image_size, enc.image_size))
+            pts = torch.randn(n, enc.num_points, 3, generator=torch.Generator().manual_seed(0))
             enc.encode_point_tensors(pts / pts.norm(dim=-1).max())
         logger.info("inference engine warmed up in %.0f ms", (time.perf_counter() - t0) * 1000)
 

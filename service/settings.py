@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0)
     max_pending: int = Field(256, ge=1)
     torch_threads: int | None = Field(None, ge=1)
+    #: how the model uses those CPU threads: "chunks" = a batch is split into that many chunks run on as many
+    #: threads with one intra-op thread each (faster on small CPUs, see model/encode.py), "intra-op" = one call
+    #: with that many torch intra-op threads
+    cpu_parallel: Literal["chunks", "intra-op"] = "chunks"
     build_demo_gallery: bool = True
     demo_data: Path = DEMO_DATA
     job_batch_size: int = Field(32, ge=1)

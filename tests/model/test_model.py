@@ -386,3 +386,26 @@ def test_train_cli_init_from_weights_dir(synth_npz, tiny_weights, tmp_path, caps
     assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "s"),
                  "--init-from", str(bad)]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_parallel_chunks_encode_like_one_call(tiny_weights, synth_npz):
+    """Encoder.set_parallel (the service's CPU mode) splits a batch over threads: same codes and features
+    as one call, for batches smaller and larger than the number of workers."""
+    enc = Encoder.from_weights(tiny_weights, device="cpu")
+    pts = enc.points_tensor(load_dataset(synth_npz).points[:7])
+    imgs = enc.render_points(pts)
+    want = (enc.encode_point_tensors(pts), enc.encode_image_tensors(imgs), enc.point_features(pts),
+            enc.image_features(imgs))
+    enc.set_parallel(3)
+    assert enc.workers == 3
+    for n in (1, 2, 7):
+        got = (enc.encode_point_tensors(pts[:n]), enc.encode_image_tensors(imgs[:n]), enc.point_features(pts[:n]),
+               enc.image_features(imgs[:n]))
+        for b in enc.bits:
+            assert np.array_equal(got[0][b], want[0][b][:n]) and np.array_equal(got[1][b], want[1][b][:n])
+        np.testing.assert_allclose(got[2], want[2][:n], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[3], want[3][:n], rtol=1e-4, atol=1e-5)
+    enc.set_parallel(1)
+    assert enc.workers == 1 and enc._pool is None
+    with pytest.raises(ValueError):
+        enc.set_parallel(0)

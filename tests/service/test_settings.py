@@ -72,6 +72,31 @@ def test_app_store_uses_the_scan_setting(monkeypatch, tmp_path, make_settings):
     assert looked_up == []
 
 
+@pytest.mark.parametrize(("mode", "workers", "torch_threads"), [("chunks", 2, 1), ("intra-op", 1, 2)])
+def test_app_uses_the_cpu_parallel_setting(tmp_path, make_settings, mode, workers, torch_threads):
+    """CMAH_CPU_PARALLEL: "chunks" splits model calls over CMAH_TORCH_THREADS workers with one torch thread
+    each; "intra-op" gives torch the threads."""
+    import concurrent.futures
+
+    import torch
+    from fastapi.testclient import TestClient
+    from svc_helpers import wait_ready
+
+    from service.app import create_app
+
+    before = torch.get_num_threads()
+    try:
+        app = create_app(make_settings(tmp_path / "d", torch_threads=2, cpu_parallel=mode, build_demo_gallery=False))
+        with TestClient(app) as client:
+            wait_ready(client)
+            assert app.state.cmah.encoder.workers == workers
+            # torch's thread count is per thread (OpenMP): a new thread, as the engine's, gets the app's
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                assert pool.submit(torch.get_num_threads).result() == torch_threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_server_passes_host_port_and_data_dir(monkeypatch, tmp_path, tiny_weights):
     import uvicorn
 
