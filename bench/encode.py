@@ -185,17 +185,6 @@ def bench_engine(enc: Encoder, inputs: dict[str, torch.Tensor], args: argparse.N
     return rows
 
 
-def set_parallel_mode(enc: Encoder, mode: str, threads: int) -> None:
-    """As the service's ``CMAH_CPU_PARALLEL`` (service/app.py): ``chunks`` = batch chunks on ``threads``
-    threads with one torch thread each; ``intra-op`` = one call with ``threads`` torch threads."""
-    if mode == "chunks":
-        torch.set_num_threads(1)
-        enc.set_parallel(threads)
-    else:
-        torch.set_num_threads(threads)
-        enc.set_parallel(1)
-
-
 # ------------------------------------------------------------------------------------------ output
 def markdown(meta: dict, model_rows: list[dict], engine_rows: list[dict], args: argparse.Namespace) -> str:
     out = [f"**Machine:** {meta['machine']}", "",
@@ -268,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         meta.update(image_size=enc.image_size, num_points=enc.num_points)
         inputs = make_inputs(enc, n_inputs)
         for mode in (args.cpu_parallel if enc.device.type == "cpu" else ["-"]):
-            set_parallel_mode(enc, mode, threads)
+            if mode != "-":
+                enc.use_cpu_threads(threads, mode)
             label = str(enc.device) if mode == "-" else f"{enc.device} ({mode})"
             if not args.skip_model:
                 rows = bench_model(enc, inputs, args)
@@ -277,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta["engine_device"] = str(enc.device)
                 engine_rows += [dict(r, workload=f"{r['workload']}, {mode}" if mode != "-" else r["workload"],
                                      mode=mode) for r in bench_engine(enc, inputs, args)]
-        set_parallel_mode(enc, "intra-op", threads)
+        enc.use_cpu_threads(threads, "intra-op")
     print(markdown(meta, model_rows, engine_rows, args))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, model=model_rows, engine=engine_rows,

@@ -32,6 +32,8 @@ from .renderer import RenderConfig, canonical_view, render
 from .weights import SHIPPED_WEIGHTS_DIR, load_weights, weights_id
 
 Codes = dict[int, np.ndarray]
+#: Ways a model call uses the CPU threads (:meth:`Encoder.use_cpu_threads`).
+CPU_PARALLEL_MODES = ("chunks", "intra-op")
 
 
 def pack_codes(h: torch.Tensor) -> np.ndarray:
@@ -52,6 +54,17 @@ class Encoder:
         self.weights_id: str | None = None
         self.workers = 1
         self._pool: ThreadPoolExecutor | None = None
+
+    def use_cpu_threads(self, threads: int, mode: str = "chunks") -> None:
+        """How model calls use ``threads`` CPU threads (the service's ``CMAH_CPU_PARALLEL``): ``"chunks"``
+        = torch gets one thread (in this thread and the threads started later) and batches are split over
+        ``threads`` workers; ``"intra-op"`` = one call with ``threads`` torch threads. On a GPU the
+        model's work is not on the CPU: torch keeps ``threads``, no chunks."""
+        if mode not in CPU_PARALLEL_MODES:
+            raise ValueError(f"mode must be one of {CPU_PARALLEL_MODES}, got {mode!r}")
+        chunks = mode == "chunks" and self.device.type == "cpu"
+        torch.set_num_threads(1 if chunks else threads)
+        self.set_parallel(threads if chunks else 1)
 
     def set_parallel(self, workers: int) -> None:
         """Run each model call on CPU as up to ``workers`` chunks of its batch, on as many threads with

@@ -168,7 +168,7 @@ def timing(enc: Encoder, sample_points: np.ndarray, repeats: int = 100, batch: i
     }
     return {"encode_ms": {k: round(v, 3) for k, v in ms.items()},
             "throughput": {k: round(v, 1) for k, v in thr.items()}, "throughput_batch": len(ptsb),
-            "threads": torch.get_num_threads()}
+            "threads": max(enc.workers, torch.get_num_threads()), "cpu_parallel": enc.workers > 1}
 
 
 def weights_sha(weights_dir: str | Path) -> str:
@@ -176,9 +176,13 @@ def weights_sha(weights_dir: str | Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
 
 
-def device_name(dev: torch.device) -> str:
+def device_name(dev: torch.device, workers: int = 1) -> str:
+    """The device in words; ``workers`` > 1: CPU model calls split over that many threads
+    (:meth:`~model.encode.Encoder.use_cpu_threads`)."""
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
+    if workers > 1:
+        return f"CPU ({cpu_name()}, {workers} threads, batches split over them)"
     return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
@@ -208,7 +212,7 @@ def evaluate(enc: Encoder, data: EvalData, bits: Sequence[int] = (16, 32, 64), t
                                                                   CROSS, curves=False)
     res.update(timing(enc, data.query.points, timing_repeats))
     res.update({
-        "device": device_name(enc.device), "torch": torch.__version__,
+        "device": device_name(enc.device, enc.workers), "torch": torch.__version__,
         "weights": {"dir": str(weights_dir) if weights_dir else None,
                     "sha256": weights_sha(weights_dir) if weights_dir else None,
                     "config": enc.cfg.name},

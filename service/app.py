@@ -57,17 +57,11 @@ COMMON_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def _set_threads(settings: Settings) -> int:
-    """Set torch's intra-op threads for the model's CPU mode; returns the CPU threads the model may use."""
-    import torch
-
+def _cpu_threads(settings: Settings) -> int:
+    """The CPU threads the model may use (``CMAH_TORCH_THREADS``, else ``CMAH_THREADS`` or all cores)."""
     from model.device import set_cpu_threads
 
-    n = set_cpu_threads(settings.torch_threads)
-    if settings.cpu_parallel == "chunks":
-        torch.set_num_threads(1)  # parallel over batch chunks instead (Encoder.set_parallel)
-    logger.info("model CPU threads: %d (%s)", n, settings.cpu_parallel)
-    return n
+    return set_cpu_threads(settings.torch_threads)
 
 
 def _start(state: ServiceState) -> None:
@@ -76,11 +70,11 @@ def _start(state: ServiceState) -> None:
 
     s = state.settings
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    threads = _set_threads(s)
+    threads = _cpu_threads(s)
     state.status = "loading model"
     state.encoder = Encoder.from_weights(s.weights_dir, device=s.device)
-    if s.cpu_parallel == "chunks":
-        state.encoder.set_parallel(threads)
+    state.encoder.use_cpu_threads(threads, s.cpu_parallel)
+    logger.info("model CPU threads: %d (%s)", threads, s.cpu_parallel)
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
     state.status = "opening index"

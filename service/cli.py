@@ -127,7 +127,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     from model.refit import RefitConfig, fit_heads, pair_features
     from model.weights import SHIPPED_WEIGHTS_DIR, read_manifest, save_weights
 
-    set_cpu_threads(args.threads)
+    threads = set_cpu_threads(args.threads)
     epochs = DJSRHConfig().epochs if args.epochs is None else args.epochs
     views = RefitConfig().views if args.views is None else args.views
     hidden = RefitConfig().hidden if args.hidden is None else args.hidden
@@ -140,6 +140,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
     enc = Encoder.from_weights(weights, args.device)
+    enc.use_cpu_threads(threads)                     # features: batches split over the threads
     source = read_manifest(weights)
     ds = load_dataset(args.data)
     split = make_split(len(ds), n_train=args.n_train)
@@ -147,6 +148,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
                       djsrh=dataclasses.replace(DJSRHConfig(), epochs=epochs))
     feats = pair_features(enc, ds.points[split.train], views=cfg.views, seed=cfg.seed,
                           progress=not args.quiet)
+    enc.use_cpu_threads(threads, "intra-op")         # the heads' training: torch's own threads
     model = fit_heads(enc.model, feats, cfg)
     refit = {"source_weights": str(weights), "source_files": source.get("files", {}),
              "data": {"path": str(args.data), "sha256": ds.sha256, "shapes": len(ds),
@@ -166,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate, format_table, load_eval_data, write_json
     from model.weights import SHIPPED_WEIGHTS_DIR
 
-    set_cpu_threads(args.threads)
+    threads = set_cpu_threads(args.threads)
     try:
         data = load_eval_data(args.data, args.query_data, args.db_data)
     except ValueError as exc:
@@ -175,12 +177,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     weights = args.weights or SHIPPED_WEIGHTS_DIR
     enc = Encoder.from_weights(weights, args.device)
+    enc.use_cpu_threads(threads)                     # as the service: batches split over the threads
     extra = {}
     for spec in args.baseline_weights or []:
         name, _, wdir = spec.partition("=")
         if not wdir:
             raise CLIError(f"--baseline-weights expects NAME=DIR, got {spec!r}")
         extra[name] = Encoder.from_weights(wdir, args.device)
+        extra[name].use_cpu_threads(threads)
     try:
         res = evaluate(enc, data, args.bits, args.topk, baselines=args.baselines, extra_baselines=extra,
                        plots_dir=args.plots, save_codes=args.save_codes, weights_dir=weights,

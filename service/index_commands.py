@@ -49,11 +49,14 @@ def _open(settings: Settings) -> Iterator[HashStore]:
 
 
 def _writer(settings: Settings, store: HashStore):  # -> ItemWriter (torch is imported lazily)
+    from model.device import set_cpu_threads
     from model.encode import Encoder
 
     from .indexing import ItemWriter
 
+    threads = set_cpu_threads(settings.torch_threads)
     encoder = Encoder.from_weights(settings.weights_dir, device=settings.device)
+    encoder.use_cpu_threads(threads, settings.cpu_parallel)
     return ItemWriter(settings.data_dir, store, encoder, threading.Lock())
 
 
