@@ -140,8 +140,10 @@ class Encoder:
     @torch.no_grad()
     def render_points(self, points: torch.Tensor) -> torch.Tensor:
         """[B, N, 3] -> canonical renders [B, 3, S, S] (how point items appear in the image store)."""
-        points = points.to(self.device)
-        return render(points, canonical_view(points.shape[0], self.device), self.render_cfg)
+        def one_call(p: torch.Tensor) -> torch.Tensor:
+            return render(p, canonical_view(p.shape[0], self.device), self.render_cfg)
+
+        return self._call(one_call, points.to(self.device))  # type: ignore[return-value]
 
     # --- encoding -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -401,6 +401,7 @@ def test_parallel_chunks_encode_like_one_call(tiny_weights, synth_npz):
     for n in (1, 2, 7):
         got = (enc.encode_point_tensors(pts[:n]), enc.encode_image_tensors(imgs[:n]), enc.point_features(pts[:n]),
                enc.image_features(imgs[:n]))
+        torch.testing.assert_close(enc.render_points(pts[:n]), imgs[:n])
         for b in enc.bits:
             assert np.array_equal(got[0][b], want[0][b][:n]) and np.array_equal(got[1][b], want[1][b][:n])
         np.testing.assert_allclose(got[2], want[2][:n], rtol=1e-4, atol=1e-5)
