@@ -8,6 +8,9 @@ Two accelerators plug into :class:`index.flat.FaissFlatIndex`:
 * :class:`TorchAccelerator` -- a popcount scan in torch (:func:`torch_hamming_topk`) when torch with
   CUDA is importable. It sorts by a composite ``(distance, row)`` key over rows kept in id order, so
   its result is already exact. :func:`torch_hamming_topk` also runs on CPU tensors (tested there).
+
+FAISS is imported only by the FAISS accelerator, so the torch scan also runs where FAISS is not
+installed (``bench/search_gpu.py`` on the GPU machine).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from index.exact import empty_result
@@ -33,7 +35,11 @@ _ROW_BITS = 40  # composite key = distance << 40 | row (rows < 2**40)
 
 
 def faiss_gpu_available() -> bool:
-    """True when FAISS was built with GPU support and sees at least one GPU."""
+    """True when FAISS is installed, was built with GPU support and sees at least one GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
 
 
@@ -76,13 +82,16 @@ class FaissGpuAccelerator:
     max_k = FAISS_GPU_MAX_K
 
     def __init__(self) -> None:
+        import faiss
+
+        self._faiss = faiss
         self._res = faiss.StandardGpuResources()
         self._index: Any = None
         self._ids = np.empty(0, dtype=np.int64)
 
     def rebuild(self, ids: np.ndarray, codes: np.ndarray) -> None:
         """Upload ``codes uint8 [N, B]`` (rows aligned with ``ids``)."""
-        index = faiss.GpuIndexBinaryFlat(self._res, codes.shape[1] * 8)
+        index = self._faiss.GpuIndexBinaryFlat(self._res, codes.shape[1] * 8)
         if len(codes):
             index.add(np.ascontiguousarray(codes))
         self._index, self._ids = index, np.asarray(ids, dtype=np.int64)

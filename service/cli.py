@@ -22,24 +22,57 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+#: (module, exception names) a command reports as one line.
+_USER_ERRORS = (
+    ("model.dataset", ("DatasetError",)),
+    ("model.inputs", ("InputError",)),
+    ("model.manifest", ("WeightsError",)),
+    ("index.errors", ("StoreCorruptError", "StoreLockedError")),
+    ("service.codes_model", ("CodesModelError", "ReencodeError")),
+    ("service.index_commands", ("IndexCommandError",)),
+)
+_OWN_PACKAGES = ("model", "index", "service")
+
+
+def _optional_import(module: str):
+    """``module``, or ``None`` when a third-party package it needs is not installed.
+
+    The GPU training machine has torch and timm but not FAISS, pydantic or FastAPI: ``cmah train``,
+    ``eval`` and ``refit-heads`` must run there, and a module that cannot be imported cannot raise
+    its errors either. A missing module of this project itself is still an error.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in _OWN_PACKAGES:
+            raise
+        log.debug("%s not importable (%s): its errors are not caught", module, exc)
+        return None
+
+
+def _user_error_types() -> tuple[type[Exception], ...]:
+    types: list[type[Exception]] = [CLIError]
+    for module, names in _USER_ERRORS:
+        if (mod := _optional_import(module)) is not None:
+            types += [getattr(mod, name) for name in names]
+    return tuple(types)
+
+
+class _NeverRaised(Exception):
+    pass
+
+
 def _fail_on_user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapper(args: argparse.Namespace) -> int:
-        from pydantic import ValidationError
-
-        from index.errors import StoreCorruptError, StoreLockedError
-        from model.dataset import DatasetError
-        from model.inputs import InputError
-        from model.manifest import WeightsError
-
-        from .codes_model import CodesModelError, ReencodeError
-        from .index_commands import IndexCommandError
+        pydantic = _optional_import("pydantic")
+        ValidationError = pydantic.ValidationError if pydantic is not None else _NeverRaised  # noqa: N806
+        user_errors = _user_error_types()
 
         try:
             return fn(args)
-        except CLIError as exc:
-            msg = str(exc)
-        except (InputError, DatasetError, WeightsError, StoreCorruptError, StoreLockedError, CodesModelError,
-                ReencodeError, IndexCommandError) as exc:
+        except user_errors as exc:
             msg = str(exc)
         except ValidationError as exc:  # a CMAH_* setting (environment or .env) of the wrong type or value
             msg = "; ".join(f"invalid setting CMAH_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: "
@@ -377,10 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data-dir", help="where the index and metadata live (default: CMAH_DATA_DIR or ./.cmah-data)")
     v.set_defaults(func=cmd_serve)
 
-    from . import index_commands
-
-    index_commands.add_parser(sub)
+    index_commands = _optional_import("service.index_commands")
+    if index_commands is not None:
+        index_commands.add_parser(sub)
+    else:  # e.g. the GPU training machine: no FAISS / pydantic-settings; say so instead of a traceback
+        i = sub.add_parser("index", help="the service's index (needs the service's packages: FAISS, pydantic)",
+                           prefix_chars="\0", add_help=False)   # takes any arguments, to say what is missing
+        i.add_argument("rest", nargs="*")
+        i.set_defaults(func=_index_unavailable)
     return p
+
+
+def _index_unavailable(args: argparse.Namespace) -> int:
+    try:
+        import service.index_commands  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"cmah index needs the package {exc.name!r}, which is not installed "
+                       "(pip install the project: pip install -e .)") from None
+    raise CLIError("cmah index: unavailable")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
