@@ -21,10 +21,20 @@ def synth_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _random_tiny_weights(tmp_path_factory: pytest.TempPathFactory, name: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    out = tmp_path_factory.mktemp("weights") / name
+    save_weights(HashEncoder(TINY), out, extra={"training": {"note": "random init, tests only"}})
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Randomly initialised tiny-config weights in the shipped format."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("weights") / "tiny"
-    save_weights(HashEncoder(TINY), out, extra={"training": {"note": "random init, tests only"}})
-    return out
+    return _random_tiny_weights(tmp_path_factory, "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny weights of the same config as ``tiny_weights`` but other values (as after retraining)."""
+    return _random_tiny_weights(tmp_path_factory, "tiny-other", seed=1)

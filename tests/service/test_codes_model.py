@@ -9,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from svc_helpers import brute_force, png_bytes, wait_ready
 
 from index.store import CODES_MODEL_KEY, HashStore
-from model.cmah import HashEncoder
-from model.config import TINY
 from model.encode import Encoder
-from model.weights import save_weights, weights_id
+from model.weights import weights_id
 from service.app import create_app
 from service.codes_model import (
     REENCODING_PREFIX,
@@ -29,15 +26,6 @@ from service.codes_model import (
 )
 from service.indexing import ItemWriter
 from service.preflight import check_store
-
-
-@pytest.fixture(scope="session")
-def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny weights of the same config as ``tiny_weights`` but other values (as after retraining)."""
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("weights") / "tiny-other"
-    save_weights(HashEncoder(TINY), out, extra={"training": {"note": "random init, tests only"}})
-    return out
 
 
 def _pictures() -> list[Image.Image]:

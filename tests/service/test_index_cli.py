@@ -8,25 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from index.store import CODES_MODEL_KEY, HashStore
-from model.cmah import HashEncoder
-from model.config import TINY
 from model.dataset import load_dataset
 from model.encode import Encoder
 from model.inputs import load_points, write_ply
-from model.weights import save_weights, weights_id
+from model.weights import weights_id
 from service.cli import main
-
-
-@pytest.fixture(scope="module")
-def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(2)
-    out = tmp_path_factory.mktemp("weights") / "other"
-    save_weights(HashEncoder(TINY), out)
-    return out
 
 
 @pytest.fixture
