@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from index.errors import StoreCorruptError, StoreLockedError
 from index.records import MODALITIES
-from index.store import CODES_MODEL_KEY, HashStore
+from index.store import HashStore
 
 from .auth import AdminGuardMiddleware
 from .codes_model import CodesModelError, check_codes_model, reencode_items, short
@@ -108,10 +108,8 @@ def _check_codes(state: ServiceState) -> None:
     assert state.store is not None and state.encoder is not None
     if state.encoder.weights_id is None:  # an encoder built in memory (tests): nothing to compare
         return
-    check = check_codes_model(state.store, state.encoder.weights_id)
-    if check.state == "empty":
-        state.store.set_value(CODES_MODEL_KEY, check.current)
-    elif check.auto_reencode:
+    check = check_codes_model(state.store, state.encoder.weights_id)  # (the first items added record them)
+    if check.auto_reencode:
         logger.warning("the data directory %s %s; it holds only the demo gallery: re-encoding it with these "
                        "weights (%s…)", state.settings.data_dir, check.reason, short(check.current))
         state.reencode_demo = True

@@ -146,9 +146,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     with _open(settings) as store:
         writer = _writer(settings, store)
         check = check_codes_model(store, writer.encoder.weights_id)  # type: ignore[arg-type]
-        if not check.ok:
+        if not check.ok:  # (the writer refuses too, but cannot name --weights)
             raise CodesModelError(check.problem(settings.data_dir, settings.weights_dir))
-        store.set_value(CODES_MODEL_KEY, check.current)
         failed: list[str] = []
         shapes = pictures = 0
         with tqdm(total=total, desc="indexing", unit="item", disable=args.quiet) as bar:
