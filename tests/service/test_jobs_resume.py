@@ -248,6 +248,7 @@ def test_sigkill_loop_resumes_bulk_job(tmp_path, synth_npz, tiny_weights):
     t0 = time.monotonic()
     history: list[tuple[int, int]] = []
     indexed: set[str] = set()
+    batch_s: float | None = None  # how long a batch takes on this machine: the window of a kill mid-job
     try:
         for round_no in range(KILLS):
             zygote.send("run")
@@ -255,7 +256,13 @@ def test_sigkill_loop_resumes_bulk_job(tmp_path, synth_npz, tiny_weights):
             if round_no % 4 != 3:  # mostly while indexing: once the job moved on, at a random moment of a batch
                 zygote.expect("started", 300)
                 _wait_progress(data_dir, job_id, history[-1][0] if history else 0, len(names))
-            time.sleep(rng.uniform(0.0, 0.15))  # every 4th round: at a random moment of the start-up
+                if batch_s is None:
+                    t1, at = time.monotonic(), _done(data_dir, job_id)
+                    _wait_progress(data_dir, job_id, at, len(names))
+                    batch_s = time.monotonic() - t1
+                time.sleep(rng.uniform(0.0, batch_s))
+            else:  # every 4th round: at a random moment of the start-up
+                time.sleep(rng.uniform(0.0, 0.15))
             acked = _done(data_dir, job_id)
             os.kill(pid, signal.SIGKILL)
             zygote.send(f"reap {pid}")
