@@ -86,6 +86,8 @@ class MiniPointNet(nn.Module):
     Shared MLP (3 -> c1 -> c2) per point, max-pool to a group feature, concat it back to every point,
     one shared layer (2*c2 -> c3) per point, max-pool, then a linear map to the token width. The concat
     is computed as ``W_f f + W_g g`` so the group term is evaluated once per group, not per point.
+    Max-pools are ``amax`` (values only): ``max(dim).values`` also computes the indices, which on CPU
+    made it ~20x slower over the k axis (6.4 vs 0.31 ms for 8 clouds' [8, 64, 32, 128] activations).
     """
 
     def __init__(self, dim: int, widths: tuple[int, int, int]):
@@ -115,9 +117,9 @@ class MiniPointNet(nn.Module):
     def embed(self, groups: torch.Tensor) -> torch.Tensor:
         """groups [B, G, k, 3] -> tokens [B, G, D] in one pass."""
         f = self.first(groups)                                           # [B, G, k, c2]
-        g = f.max(dim=2, keepdim=True).values                            # [B, G, 1, c2]
+        g = f.amax(dim=2, keepdim=True)                                  # [B, G, 1, c2]
         f = self.act(self.norm(self.point_proj(f) + self.group_proj(g)))  # [B, G, k, c3]
-        return self.out(f.max(dim=2).values)                             # [B, G, D]
+        return self.out(f.amax(dim=2))                                   # [B, G, D]
 
 
 class PointEncoder(nn.Module):

@@ -17,6 +17,7 @@ from model.encode import Encoder
 from model.hash_head import binarize
 from model.losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent, patchify
 from model.masking import random_masking
+from model import pointops
 from model.pointops import farthest_point_sample, group_points
 from model.train import TrainConfig, Trainer
 from model.weights import MANIFEST_FILE, WEIGHTS_FILE, WeightsError, load_weights, save_weights
@@ -142,6 +143,29 @@ def test_fps_spreads_and_knn_groups_are_local():
     groups, centres = group_points(pts, 10, 8)
     # each group's nearest member is its centre itself (distance 0 after centring)
     assert torch.allclose(groups.norm(dim=-1).min(dim=-1).values, torch.zeros(1, 10), atol=1e-6)
+
+
+def _fps_reference(cloud: np.ndarray, m: int) -> list[int]:
+    """Farthest point sampling of one cloud [N, 3], written out point by point (numpy, float32)."""
+    chosen = [0]
+    dist = np.full(len(cloud), np.inf, dtype=np.float32)
+    for _ in range(1, m):
+        diff = cloud - cloud[chosen[-1]]
+        dist = np.minimum(dist, (diff[:, 0] * diff[:, 0] + diff[:, 1] * diff[:, 1]) + diff[:, 2] * diff[:, 2])
+        chosen.append(int(np.argmax(dist)))                      # first maximum, as torch.argmax
+    return chosen
+
+
+@pytest.mark.parametrize("fps", [pointops._fps_planar, pointops._fps_batched], ids=["planar", "batched"])
+def test_fps_paths_match_a_reference(fps):
+    """Both FPS paths (CPU planar, GPU batched) pick the reference's indices, ties included: a cloud
+    on a small integer grid has many equal distances, where the first maximum must win."""
+    g = torch.Generator().manual_seed(1)
+    clouds = torch.cat([torch.randn(3, 300, 3, generator=g),
+                        torch.randint(0, 4, (2, 300, 3), generator=g).float()])
+    got = fps(clouds, 24)
+    for b, cloud in enumerate(clouds.numpy()):
+        assert got[b].tolist() == _fps_reference(cloud, 24), b
 
 
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
