@@ -1,7 +1,7 @@
 """The paper's ablation (Table 2) on our model: train every loss variant on the same budget, score each.
 
     .venv/bin/python bench/ablation.py --data ../shared/data/modelnet40_train.npz [--out runs/ablation]
-        [--config cpu] [--epochs 4] [--warmup-epochs 0.5] [--variants cl-f cl-f+hard cl-f+cl-m cl+mr full]
+        [--config cpu] [--epochs 4] [--warmup-epochs 0.5] [--variants cl-f cl-f+hard cl-f+cl-m cl+mr full full@16 ...]
         [--geometry-cache runs/cpu-main/geometry_cache.npz] [--threads N] [--json FILE]
 
 Variants (``model.config.ABLATIONS``; ``+hard`` swaps NT-Xent for the hard-negative loss):
@@ -10,6 +10,9 @@ Variants (``model.config.ABLATIONS``; ``+hard`` swaps NT-Xent for the hard-negat
 * ``cl-f+cl-m``: plus full <-> masked views across modalities;
 * ``cl+mr``: plus masked reconstruction of both modalities (decoders on each modality's own tokens);
 * ``full``: plus the cross-modal fusion blocks before the decoders (the CMAH objective, the default).
+
+A suffix ``@BITS`` trains a model with that one code length's hash layers only (the paper trains one
+model per length): ``full@16 full@32 full@64 full`` compares them with one model for all three.
 
 Every variant trains from scratch with the same seed, data split, batch size, number of epochs and
 learning-rate schedule (the paper's protocol: equal training, not equal wall time; each run's wall time
@@ -36,18 +39,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import ABLATIONS, get_config  # noqa: E402
+from model.config import ABLATIONS, CODE_LENGTHS, get_config  # noqa: E402
 
 VARIANTS = ("cl-f", "cl-f+hard", "cl-f+cl-m", "cl+mr", "full")
 log = logging.getLogger("ablation")
 
 
 def variant_config(preset: str, variant: str):
-    name = variant.removesuffix("+hard")
-    if name not in ABLATIONS:
-        raise SystemExit(f"unknown variant {variant!r}; choose from {list(ABLATIONS)} (optionally +hard)")
-    contrastive = "hard" if variant.endswith("+hard") else "ntxent"
-    return get_config(preset).with_loss(**ABLATIONS[name], contrastive=contrastive)
+    """``NAME[+hard][@BITS]`` -> the preset with NAME's loss switches (and one code length if @BITS)."""
+    name, at, bits = variant.partition("@")
+    hard = name.endswith("+hard")
+    name = name.removesuffix("+hard")
+    if name not in ABLATIONS or (at and bits not in {str(b) for b in CODE_LENGTHS}):
+        raise SystemExit(f"unknown variant {variant!r}; choose from {list(ABLATIONS)}, optionally followed "
+                         f"by +hard and/or @BITS (one of {list(CODE_LENGTHS)})")
+    cfg = get_config(preset).with_loss(**ABLATIONS[name], contrastive="hard" if hard else "ntxent")
+    return dataclasses.replace(cfg, bits=(int(bits),)) if bits else cfg
 
 
 def render_all(enc, points, batch: int = 64):
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.topk, CROSS, curves=False)
         last = summary["history"][-5:]
         results[variant] = {
-            "loss": dataclasses.asdict(cfg.loss), "map": met["map"], "map_tie_aware": met["map_tie_aware"],
+            "loss": dataclasses.asdict(cfg.loss), "bits": list(cfg.bits), "map": met["map"], "map_tie_aware": met["map_tie_aware"],
             "steps": summary["steps"], "epochs": summary["epochs_done"], "train_s": summary["elapsed_s"],
             "samples_per_s": summary["samples_per_s"], "eval_s": round(time.monotonic() - t0, 1),
             "final_loss": {k: round(sum(r[k] for r in last) / len(last), 4) for k in last[-1] if
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"| variant | {head} | steps | train min | samples/s |",
              "|" + "---|" * (4 + len(CROSS) * len(bits))]
     for v, r in results.items():
-        cells = " | ".join(f"{r['map'][d][str(b)]:.3f}" for d in CROSS for b in bits)
+        cells = " | ".join(f"{r['map'][d][str(b)]:.3f}" if str(b) in r["map"][d] else "—"
+                           for d in CROSS for b in bits)
         lines.append(f"| {v} | {cells} | {r['steps']} | {r['train_s'] / 60:.1f} | {r['samples_per_s']:.1f} |")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

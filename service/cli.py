@@ -124,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                             temperature=args.temperature)
     if args.image_size:
         cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, image_size=args.image_size))
+    if args.bits:
+        cfg = dataclasses.replace(cfg, bits=tuple(sorted(set(args.bits))))
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                      schedule=args.schedule, seed=args.seed, n_train=args.n_train,
                      time_limit_min=args.time_limit_min, time_budget_min=args.time_budget_min,
@@ -319,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="cpu", help="model preset: cpu (default), paper, tiny")
     t.add_argument("--ablation", default="full", choices=["full", "cl+mr", "cl-f+cl-m", "cl-f"],
                    help="loss switches of the paper's Table 2 (default: full)")
+    t.add_argument("--bits", type=int, nargs="+", choices=[16, 32, 64],
+                   help="code lengths of the hash layers trained together (default: 16 32 64, one model "
+                   "for all three; the paper trains one model per length)")
     t.add_argument("--contrastive", default="ntxent", choices=["ntxent", "hard"])
     t.add_argument("--temperature", type=float, default=0.2)
     t.add_argument("--image-size", type=int, help="override the preset's image resolution")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from model.dataset import load_dataset
+from model.encode import Encoder
 from model.inputs import write_ply
 from service.cli import main
 
@@ -111,6 +113,22 @@ def test_train_cli_tiny_run(synth_npz, tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "run" / "weights" / "manifest.json").is_file()
     assert main(["train", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_train_cli_one_code_length(synth_npz, tmp_path, capsys):
+    """--bits trains the hash layers of the given lengths only (the paper's one model per length)."""
+    run = tmp_path / "run16"
+    assert main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(run), "--bits", "16",
+                 "--max-steps", "1", "--batch-size", "8", "--quiet", "--device", "cpu"]) == 0
+    manifest = json.loads((run / "weights" / "manifest.json").read_text())
+    assert manifest["config"]["bits"] == [16]
+    enc = Encoder.from_weights(run / "weights", device="cpu")
+    codes = enc.encode_point_tensors(enc.points_tensor(load_dataset(synth_npz).points[:2]))
+    assert enc.bits == (16,) and set(codes) == {16} and codes[16].shape == (2, 2)
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(run / "weights"), "--data", str(synth_npz), "--bits", "32",
+                 "--quiet"]) == 2
+    assert "no [32]-bit head" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["serve"], ["index", "info"]])
