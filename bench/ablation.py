@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                                 args.topk, CROSS, curves=False)
         last = summary["history"][-5:]
         results[variant] = {
-            "loss": dataclasses.asdict(cfg.loss), "bits": list(cfg.bits), "map": met["map"], "map_tie_aware": met["map_tie_aware"],
+            "loss": dataclasses.asdict(cfg.loss), "bits": list(cfg.bits), "map": met["map"],
+            "map_tie_aware": met["map_tie_aware"],
             "steps": summary["steps"], "epochs": summary["epochs_done"], "train_s": summary["elapsed_s"],
             "samples_per_s": summary["samples_per_s"], "eval_s": round(time.monotonic() - t0, 1),
             "final_loss": {k: round(sum(r[k] for r in last) / len(last), 4) for k in last[-1] if

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import pointops
 from model.cmah import CMAH, HashEncoder
 from model.config import ABLATIONS, CPU, PAPER, TINY, CMAHConfig
 from model.dataset import load_dataset
@@ -17,7 +18,6 @@ from model.encode import Encoder
 from model.hash_head import binarize
 from model.losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent, patchify
 from model.masking import random_masking
-from model import pointops
 from model.pointops import farthest_point_sample, group_points
 from model.train import TrainConfig, Trainer
 from model.weights import MANIFEST_FILE, WEIGHTS_FILE, WeightsError, load_weights, save_weights
