@@ -20,6 +20,7 @@ by default), so no query shape is ever seen in training.
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,30 @@ def load_dataset(path: str | Path) -> PointDataset:
 
 def save_dataset(path: str | Path, points: np.ndarray, labels: np.ndarray, names, classes,
                  dtype: str = "float16") -> None:
-    """Write a dataset file in the documented format (compressed)."""
-    np.savez_compressed(
-        path,
-        points=np.asarray(points, dtype=dtype),
-        labels=np.asarray(labels, dtype=np.uint8 if len(classes) <= 256 else np.int64),
-        names=np.asarray(names, dtype=str),
-        classes=np.asarray(classes, dtype=str),
-    )
+    """Write a dataset file in the documented format (compressed), under exactly ``path``.
+
+    Atomic: written to a hidden temporary file beside it, flushed to disk, then renamed, so an
+    interrupted write never leaves a half-written dataset (nor replaces a good one). A missing folder
+    raises ``DatasetError`` naming it.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DatasetError(f"{path.parent}: no such directory (to write {path.name} in)")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:          # a file object: numpy would append ".npz" to a bare name
+            np.savez_compressed(
+                f,
+                points=np.asarray(points, dtype=dtype),
+                labels=np.asarray(labels, dtype=np.uint8 if len(classes) <= 256 else np.int64),
+                names=np.asarray(names, dtype=str),
+                classes=np.asarray(classes, dtype=str),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

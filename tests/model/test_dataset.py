@@ -29,6 +29,25 @@ def test_round_trip(tmp_path):
     assert np.allclose(again.points, ds.points, atol=1e-3) and np.array_equal(again.labels, ds.labels)
 
 
+def test_save_writes_exactly_the_named_file_or_nothing(tmp_path):
+    ds = load_dataset(_write(tmp_path / "ok.npz"))
+    save_dataset(tmp_path / "plain.data", ds.points, ds.labels, ds.names, ds.classes)   # no ".npz" added
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.npz", "plain.data"]
+    assert np.array_equal(load_dataset(tmp_path / "plain.data").labels, ds.labels)
+    with pytest.raises(DatasetError, match="no such directory"):
+        save_dataset(tmp_path / "missing" / "x.npz", ds.points, ds.labels, ds.names, ds.classes)
+
+    class Unwritable:                        # fails while the archive is being written
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    before = (tmp_path / "plain.data").read_bytes()
+    with pytest.raises(RuntimeError, match="boom"):
+        save_dataset(tmp_path / "plain.data", ds.points[:2], ds.labels[:2], Unwritable(), ds.classes)
+    assert (tmp_path / "plain.data").read_bytes() == before          # the good file is not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.npz", "plain.data"]   # no temporary left
+
+
 @pytest.mark.parametrize("over,message", [
     (dict(points=None), "missing array"),
     (dict(points=np.zeros((5, 64), np.float32)), "shape"),

@@ -107,6 +107,12 @@ def test_synth_writes_a_loadable_dataset(tmp_path):
     assert len(ds) == 2 * len(ds.classes)
 
 
+def test_synth_into_a_missing_folder_names_it(tmp_path, capsys):
+    assert main(["synth", "-o", str(tmp_path / "nope" / "s.npz"), "--per-class", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such directory" in err and len(err.strip().splitlines()) == 1
+
+
 def test_train_cli_tiny_run(synth_npz, tmp_path, capsys):
     rc = main(["train", "--data", str(synth_npz), "--config", "tiny", "--out", str(tmp_path / "run"),
                "--max-steps", "2", "--batch-size", "8", "--quiet", "--device", "cpu"])
