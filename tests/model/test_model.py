@@ -213,7 +213,8 @@ def test_labels_never_reach_the_loss(synth_npz, tmp_path):
         images, points = tr.batch(np.arange(8), normals, spacing)
         out = tr.model.forward_loss(images, points, torch.Generator().manual_seed(1))
         out.loss.backward()
-        results.append((float(out.loss), [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]))
+        grads = [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
+        results.append((float(out.loss.detach()), grads))
     assert results[0][0] == results[1][0]
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
 
