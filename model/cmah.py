@@ -34,8 +34,8 @@ class HashEncoder(nn.Module):
         self.cfg = cfg
         self.image_encoder = ImageEncoder(cfg.image)
         self.point_encoder = PointEncoder(cfg.points)
-        self.image_hash = MultiHashHead(cfg.image.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head)
-        self.point_hash = MultiHashHead(cfg.points.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head)
+        self.image_hash = MultiHashHead(cfg.image.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head, cfg.head_overrides)
+        self.point_hash = MultiHashHead(cfg.points.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head, cfg.head_overrides)
         self.register_buffer("img_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("img_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 

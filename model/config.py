@@ -82,6 +82,16 @@ class CMAHConfig:
     #: hash layer kind (model.hash_head.HEAD_KINDS): "bn" is trained with the encoders; "normed" is
     #: what ``cmah refit-heads`` fits on frozen encoder features
     hash_head: str = "bn"
+    #: per-length exceptions to (hash_head, hash_hidden), as (bits, kind, hidden) triples: e.g. a trained
+    #: 16-bit head kept beside re-fitted 32- and 64-bit heads (``cmah refit-heads --bits 32 64``)
+    head_overrides: tuple[tuple[int, str, int], ...] = ()
+
+    def head_spec(self, bits: int) -> tuple[str, int]:
+        """(kind, hidden units) of the hash layer for ``bits``-bit codes."""
+        for b, kind, hidden in self.head_overrides:
+            if b == bits:
+                return kind, hidden
+        return self.hash_head, self.hash_hidden
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,6 +113,7 @@ class CMAHConfig:
             image_mask_ratio=d.get("image_mask_ratio", 0.75),
             point_mask_ratio=d.get("point_mask_ratio", 0.6),
             hash_head=d.get("hash_head", "bn"),
+            head_overrides=tuple((int(b), str(kind), int(hidden)) for b, kind, hidden in d.get("head_overrides", ())),
         )
 
     def with_loss(self, **changes: Any) -> CMAHConfig:

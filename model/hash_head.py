@@ -81,20 +81,28 @@ HEAD_KINDS: dict[str, type[nn.Module]] = {"bn": HashHead, "normed": PlainHashHea
 
 class MultiHashHead(nn.Module):
     """Heads for several code lengths on one encoder; keys are str(bits). ``kind`` is one of
-    :data:`HEAD_KINDS`; ``"normed"`` adds one :class:`FeatureNorm` shared by the heads."""
+    :data:`HEAD_KINDS`; ``overrides`` gives some lengths another (kind, hidden) as (bits, kind, hidden)
+    triples (``CMAHConfig.head_overrides``). The ``"normed"`` heads share one :class:`FeatureNorm`."""
 
-    def __init__(self, dim: int, hidden: int, bits: tuple[int, ...], kind: str = "bn"):
+    def __init__(self, dim: int, hidden: int, bits: tuple[int, ...], kind: str = "bn",
+                 overrides: tuple[tuple[int, str, int], ...] = ()):
         super().__init__()
-        if kind not in HEAD_KINDS:
-            raise ValueError(f"unknown hash head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
         self.bits = tuple(bits)
-        self.kind = kind
-        self.norm = FeatureNorm(dim) if kind == "normed" else nn.Identity()
-        self.heads = nn.ModuleDict({str(b): HEAD_KINDS[kind](dim, hidden, b) for b in self.bits})
+        spec = {b: (kind, hidden) for b in self.bits}
+        for b, k, h in overrides:
+            if b not in spec:
+                raise ValueError(f"hash head override for {b} bits, which is not one of the code lengths {self.bits}")
+            spec[b] = (k, h)
+        for k, _ in spec.values():
+            if k not in HEAD_KINDS:
+                raise ValueError(f"unknown hash head kind {k!r}; choose one of {sorted(HEAD_KINDS)}")
+        self.kinds = {b: k for b, (k, _) in spec.items()}
+        self.norm = FeatureNorm(dim) if "normed" in self.kinds.values() else nn.Identity()
+        self.heads = nn.ModuleDict({str(b): HEAD_KINDS[k](dim, h, b) for b, (k, h) in spec.items()})
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> dict[int, torch.Tensor]:
-        x = self.norm(x)
-        return {b: self.heads[str(b)](x, update_stats) for b in self.bits}
+        xn = self.norm(x) if isinstance(self.norm, FeatureNorm) else x
+        return {b: self.heads[str(b)](xn if self.kinds[b] == "normed" else x, update_stats) for b in self.bits}
 
 
 def binarize(h: torch.Tensor) -> torch.Tensor:

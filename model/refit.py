@@ -16,13 +16,15 @@ is 0.
 
 The result is an ordinary weights directory whose config has ``hash_head = "normed"``: the encoders
 unchanged, the heads standardise + L2-normalise the feature (statistics stored as buffers), then the
-paper's FC -> ReLU -> FC -> tanh; sign at inference as always.
+paper's FC -> ReLU -> FC -> tanh; sign at inference as always. Some code lengths can keep their
+trained heads (``bits``; recorded as ``head_overrides`` in the config) where those score better.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,16 +80,38 @@ def pair_features(enc: Encoder, points: np.ndarray, views: int = 0, seed: int = 
                         points=np.tile(fp, (views + 1, 1)), shape=np.tile(np.arange(n), views + 1))
 
 
-def fit_heads(model: HashEncoder, feats: PairFeatures, cfg: RefitConfig = RefitConfig()) -> HashEncoder:
-    """A copy of ``model`` with ``"normed"`` hash heads fitted on ``feats`` (encoders unchanged)."""
-    new_cfg = dataclasses.replace(model.cfg, hash_head="normed", hash_hidden=cfg.hidden)
+def fit_heads(model: HashEncoder, feats: PairFeatures, cfg: RefitConfig = RefitConfig(),
+              bits: Sequence[int] | None = None) -> HashEncoder:
+    """A copy of ``model`` with ``"normed"`` hash heads fitted on ``feats`` (encoders unchanged).
+
+    ``bits``: the code lengths to re-fit (default: all of the model's); the others keep ``model``'s
+    heads, which must then be trained (``"bn"``) ones: re-fitted heads share one feature
+    standardisation, so a re-fitted head of another fit cannot be kept beside new ones.
+    """
+    refit = tuple(model.cfg.bits) if bits is None else tuple(sorted(set(bits)))
+    if not refit or any(b not in model.cfg.bits for b in refit):
+        raise ValueError(f"bits to re-fit {list(refit)} must be some of the weights' code lengths "
+                         f"{list(model.cfg.bits)}")
+    keep = tuple(b for b in model.cfg.bits if b not in refit)
+    for b in keep:
+        kind, _ = model.cfg.head_spec(b)
+        if kind != "bn":
+            raise ValueError(f"the {b}-bit heads of these weights are re-fitted ({kind!r}) ones, which cannot be "
+                             f"kept beside new ones; re-fit the {b}-bit heads as well")
+    overrides = tuple((b, *model.cfg.head_spec(b)) for b in keep)
+    new_cfg = dataclasses.replace(model.cfg, hash_head="normed", hash_hidden=cfg.hidden, head_overrides=overrides)
     new = HashEncoder(new_cfg)
-    encoders = {k: v for k, v in model.state_dict().items() if k.startswith(("image_encoder.", "point_encoder."))}
-    missing, unexpected = new.load_state_dict(encoders, strict=False)
-    if unexpected or any(k.startswith(("image_encoder.", "point_encoder.")) for k in missing):
+    taken = ("image_encoder.", "point_encoder.") + tuple(f"{m}.heads.{b}." for m in ("image_hash", "point_hash")
+                                                          for b in keep)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(taken)}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith(taken) for k in missing):
         raise ValueError(f"encoder weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     dj = dataclasses.replace(cfg.djsrh, hidden=cfg.hidden)
     for i, b in enumerate(new_cfg.bits):
+        if b in keep:
+            log.info("%d-bit heads: kept (trained)", b)
+            continue
         hasher = DJSRHHasher(b, dj, seed=cfg.seed + i).fit(feats.image, feats.points)
         log.info("%d-bit heads: DJSRH loss %.4f -> %.4f", b, hasher.loss_history[0], hasher.loss_history[-1])
         for mod, multi in (("image", new.image_hash), ("points", new.point_hash)):

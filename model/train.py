@@ -227,8 +227,8 @@ class Trainer:
         enc.image_encoder.load_state_dict(src.image_encoder.state_dict())
         enc.point_encoder.load_state_dict(src.point_encoder.state_dict())
         taken = "encoders"
-        if (src.cfg.hash_head, src.cfg.hash_hidden, src.cfg.bits) == \
-                (self.cfg.hash_head, self.cfg.hash_hidden, self.cfg.bits):
+        if (src.cfg.hash_head, src.cfg.hash_hidden, src.cfg.bits, src.cfg.head_overrides) == \
+                (self.cfg.hash_head, self.cfg.hash_hidden, self.cfg.bits, self.cfg.head_overrides):
             enc.image_hash.load_state_dict(src.image_hash.state_dict())
             enc.point_hash.load_state_dict(src.point_hash.state_dict())
             taken += " and hash heads"

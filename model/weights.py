@@ -83,7 +83,7 @@ def load_weights(weights_dir: str | Path = SHIPPED_WEIGHTS_DIR, device: str | to
                                f"file {digest[:12]}…): corrupt or replaced weights")
     try:
         cfg = CMAHConfig.from_dict(manifest["config"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{d}: manifest config is invalid ({exc})") from None
     if expect_config is not None and expect_config.to_dict() != cfg.to_dict():
         raise WeightsError(f"{d}: weights were trained with config {cfg.name!r}, which does not match "

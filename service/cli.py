@@ -175,6 +175,14 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
     enc = Encoder.from_weights(weights, args.device)
+    bits = sorted(set(args.bits or enc.model.cfg.bits))
+    if not set(bits) <= set(enc.model.cfg.bits):
+        raise CLIError(f"--bits {' '.join(map(str, bits))}: the weights in {weights} have "
+                       f"{'/'.join(map(str, enc.model.cfg.bits))}-bit heads only")
+    kept_refit = [b for b in enc.model.cfg.bits if b not in bits and enc.model.cfg.head_spec(b)[0] != "bn"]
+    if kept_refit:
+        raise CLIError(f"--bits: the {'/'.join(map(str, kept_refit))}-bit heads of {weights} are re-fitted ones "
+                       "and cannot be kept beside new ones; re-fit them as well")
     enc.use_cpu_threads(threads)                     # features: batches split over the threads
     source = read_manifest(weights)
     ds = load_dataset(args.data)
@@ -184,15 +192,17 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     feats = pair_features(enc, ds.points[split.train], views=cfg.views, seed=cfg.seed,
                           progress=not args.quiet)
     enc.use_cpu_threads(threads, "intra-op")         # the heads' training: torch's own threads
-    model = fit_heads(enc.model, feats, cfg)
-    refit = {"source_weights": str(weights), "source_files": source.get("files", {}),
+    model = fit_heads(enc.model, feats, cfg, bits)
+    refit = {"source_weights": str(weights), "source_files": source.get("files", {}), "bits": bits,
+             "kept_bits": [b for b in model.cfg.bits if b not in bits],
              "data": {"path": str(args.data), "sha256": ds.sha256, "shapes": len(ds),
                       "train": len(split.train), "feature_rows": len(feats.image)},
              "config": dataclasses.asdict(cfg)}
     extra = {k: source[k] for k in ("training",) if k in source}
     save_weights(model, out, extra={**extra, "head_refit": refit})
-    print(f"refitted {list(model.cfg.bits)}-bit heads on {len(feats.image)} image/point feature pairs "  # noqa: T201
-          f"of {len(split.train)} training shapes; weights in {out}")
+    kept = f" (kept the trained {refit['kept_bits']}-bit heads)" if refit["kept_bits"] else ""
+    print(f"refitted {bits}-bit heads on {len(feats.image)} image/point feature pairs "  # noqa: T201
+          f"of {len(split.train)} training shapes{kept}; weights in {out}")
     return 0
 
 
@@ -361,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: model.refit.RefitConfig's 0; more did not help, docs/ablation.md)")
     f.add_argument("--epochs", type=int, help="passes over the features (default: model.djsrh's 40)")
     f.add_argument("--hidden", type=int, help="hidden width of the hash layers (default: RefitConfig's 1024)")
+    f.add_argument("--bits", type=int, nargs="+", choices=[16, 32, 64],
+                   help="code lengths to re-fit (default: all of the weights'); the others keep their "
+                   "trained heads")
     f.add_argument("--n-train", type=int, help="training shapes (default: the whole retrieval set)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")

@@ -138,3 +138,77 @@ def test_pack_codes_of_normed_head_match_sign():
     with torch.no_grad():
         h = head(x)[16]
     assert np.array_equal(pack_codes(h), np.packbits((h >= 0).numpy(), axis=1))
+
+
+def test_head_overrides_give_each_length_its_kind_and_width():
+    cfg = dataclasses.replace(TINY, hash_head="normed", hash_hidden=12, head_overrides=((16, "bn", 7),))
+    assert cfg.head_spec(16) == ("bn", 7) and cfg.head_spec(32) == ("normed", 12)
+    assert CMAHConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg      # survives the manifest
+    model = HashEncoder(cfg).eval()
+    heads = model.image_hash.heads
+    assert heads["16"].fc1.out_features == 7 and hasattr(heads["16"], "bn")
+    assert heads["32"].fc1.out_features == 12 and not hasattr(heads["32"], "bn")
+    # the trained head sees the raw feature, the re-fitted ones the standardised + L2-normalised one
+    torch.nn.init.normal_(model.image_hash.norm.mean)
+    x = torch.randn(3, TINY.image.dim)
+    with torch.no_grad():
+        out = model.image_hash(x)
+        assert torch.equal(out[16], heads["16"](x))
+        assert torch.equal(out[32], heads["32"](model.image_hash.norm(x)))
+    with pytest.raises(ValueError, match="not one of the code lengths"):
+        MultiHashHead(4, 4, (16, 32), overrides=((64, "bn", 4),))
+    with pytest.raises(ValueError, match="unknown hash head kind"):
+        MultiHashHead(4, 4, (16, 32), overrides=((16, "mystery", 4),))
+
+
+def test_malformed_head_overrides_in_a_manifest_are_a_weights_error(tmp_path):
+    bad = tmp_path / "bad"
+    save_weights(HashEncoder(TINY), bad)
+    manifest = json.loads((bad / MANIFEST_FILE).read_text())
+    manifest["config"]["head_overrides"] = [[16, "bn"]]
+    (bad / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="manifest config is invalid"):
+        load_weights(bad)
+
+
+def test_partial_refit_keeps_the_other_trained_heads(tiny_encoder, synth_npz, tmp_path):
+    pts = load_dataset(synth_npz).points[:48]
+    feats = pair_features(tiny_encoder, pts, seed=0, batch_size=16, progress=False)
+    cfg = RefitConfig(hidden=24, seed=3, djsrh=DJSRHConfig(epochs=3, batch_size=32))
+    full = Encoder(fit_heads(tiny_encoder.model, feats, cfg), "cpu")
+    part = fit_heads(tiny_encoder.model, feats, cfg, bits=[32])
+    assert part.cfg.hash_head == "normed" and part.cfg.hash_hidden == 24
+    assert part.cfg.head_overrides == ((16, "bn", TINY.hash_hidden), (64, "bn", TINY.hash_hidden))
+    save_weights(part, tmp_path / "w")
+    loaded = load_weights(tmp_path / "w")                                # the config survives the manifest
+    assert loaded.cfg == part.cfg and loaded.state_dict().keys() == part.state_dict().keys()
+    enc = Encoder(part, "cpu")
+    cloud = enc.points_tensor(pts)
+    images = enc.render_points(cloud)
+    for codes, source, refit in ((enc.encode_point_tensors(cloud), tiny_encoder.encode_point_tensors(cloud),
+                                  full.encode_point_tensors(cloud)),
+                                 (enc.encode_image_tensors(images), tiny_encoder.encode_image_tensors(images),
+                                  full.encode_image_tensors(images))):
+        for b in (16, 64):                                            # kept: the source's codes
+            assert np.array_equal(codes[b], source[b])
+        assert np.array_equal(codes[32], refit[32])                   # the same fit as re-fitting everything
+        assert not np.array_equal(codes[32], source[32])
+    with pytest.raises(ValueError, match="cannot be kept"):
+        fit_heads(part, feats, cfg, bits=[16])
+    with pytest.raises(ValueError, match="must be some of"):
+        fit_heads(tiny_encoder.model, feats, cfg, bits=[])
+
+
+def test_refit_heads_cli_bits(tiny_weights, synth_npz, tmp_path, capsys):
+    out = tmp_path / "refit"
+    assert main(["refit-heads", "--data", str(synth_npz), "--weights", str(tiny_weights), "--out", str(out),
+                 "--epochs", "2", "--hidden", "16", "--bits", "64", "--quiet", "--device", "cpu"]) == 0
+    assert "kept the trained [16, 32]-bit heads" in capsys.readouterr().out
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["head_refit"]["bits"] == [64] and manifest["head_refit"]["kept_bits"] == [16, 32]
+    assert load_weights(out).cfg.head_spec(16) == ("bn", TINY.hash_hidden)
+    again = tmp_path / "again"
+    assert main(["refit-heads", "--data", str(synth_npz), "--weights", str(out), "--out", str(again),
+                 "--epochs", "1", "--bits", "16", "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "the 64-bit heads" in err and "re-fit them as well" in err and not again.exists()
