@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .cmah import HashEncoder
+from .config import CMAHConfig
 from .djsrh import DJSRHConfig, DJSRHHasher
 from .encode import Encoder
 from .renderer import random_view, render
@@ -80,6 +81,24 @@ def pair_features(enc: Encoder, points: np.ndarray, views: int = 0, seed: int = 
                         points=np.tile(fp, (views + 1, 1)), shape=np.tile(np.arange(n), views + 1))
 
 
+def kept_bits(cfg: CMAHConfig, bits: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The code lengths of ``cfg`` that keep their heads when ``bits`` (default: all) are re-fitted.
+
+    Raises ``ValueError`` naming the problem: ``bits`` not among the model's lengths, or a kept head that
+    is itself a re-fitted one (re-fitted heads share one feature standardisation).
+    """
+    refit = tuple(cfg.bits) if bits is None else tuple(sorted(set(bits)))
+    if not refit or any(b not in cfg.bits for b in refit):
+        raise ValueError(f"bits to re-fit {list(refit)} must be some of the weights' code lengths {list(cfg.bits)}")
+    keep = tuple(b for b in cfg.bits if b not in refit)
+    for b in keep:
+        kind, _ = cfg.head_spec(b)
+        if kind != "bn":
+            raise ValueError(f"the {b}-bit heads of these weights are re-fitted ({kind!r}) ones, which cannot be "
+                             "kept beside new ones; re-fit them as well")
+    return keep
+
+
 def fit_heads(model: HashEncoder, feats: PairFeatures, cfg: RefitConfig = RefitConfig(),
               bits: Sequence[int] | None = None) -> HashEncoder:
     """A copy of ``model`` with ``"normed"`` hash heads fitted on ``feats`` (encoders unchanged).
@@ -88,16 +107,7 @@ def fit_heads(model: HashEncoder, feats: PairFeatures, cfg: RefitConfig = RefitC
     heads, which must then be trained (``"bn"``) ones: re-fitted heads share one feature
     standardisation, so a re-fitted head of another fit cannot be kept beside new ones.
     """
-    refit = tuple(model.cfg.bits) if bits is None else tuple(sorted(set(bits)))
-    if not refit or any(b not in model.cfg.bits for b in refit):
-        raise ValueError(f"bits to re-fit {list(refit)} must be some of the weights' code lengths "
-                         f"{list(model.cfg.bits)}")
-    keep = tuple(b for b in model.cfg.bits if b not in refit)
-    for b in keep:
-        kind, _ = model.cfg.head_spec(b)
-        if kind != "bn":
-            raise ValueError(f"the {b}-bit heads of these weights are re-fitted ({kind!r}) ones, which cannot be "
-                             f"kept beside new ones; re-fit the {b}-bit heads as well")
+    keep = kept_bits(model.cfg, bits)
     overrides = tuple((b, *model.cfg.head_spec(b)) for b in keep)
     new_cfg = dataclasses.replace(model.cfg, hash_head="normed", hash_hidden=cfg.hidden, head_overrides=overrides)
     new = HashEncoder(new_cfg)

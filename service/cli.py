@@ -159,7 +159,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     from model.device import set_cpu_threads
     from model.djsrh import DJSRHConfig
     from model.encode import Encoder
-    from model.refit import RefitConfig, fit_heads, pair_features
+    from model.refit import RefitConfig, fit_heads, kept_bits, pair_features
     from model.weights import SHIPPED_WEIGHTS_DIR, read_manifest, save_weights
 
     threads = set_cpu_threads(args.threads)
@@ -176,13 +176,10 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.data}: no such dataset file")
     enc = Encoder.from_weights(weights, args.device)
     bits = sorted(set(args.bits or enc.model.cfg.bits))
-    if not set(bits) <= set(enc.model.cfg.bits):
-        raise CLIError(f"--bits {' '.join(map(str, bits))}: the weights in {weights} have "
-                       f"{'/'.join(map(str, enc.model.cfg.bits))}-bit heads only")
-    kept_refit = [b for b in enc.model.cfg.bits if b not in bits and enc.model.cfg.head_spec(b)[0] != "bn"]
-    if kept_refit:
-        raise CLIError(f"--bits: the {'/'.join(map(str, kept_refit))}-bit heads of {weights} are re-fitted ones "
-                       "and cannot be kept beside new ones; re-fit them as well")
+    try:
+        kept_bits(enc.model.cfg, bits)                   # before the features: fail fast
+    except ValueError as exc:
+        raise CLIError(f"--bits: {exc}") from None
     enc.use_cpu_threads(threads)                     # features: batches split over the threads
     source = read_manifest(weights)
     ds = load_dataset(args.data)
