@@ -177,7 +177,7 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     enc = Encoder.from_weights(weights, args.device)
     bits = sorted(set(args.bits or enc.model.cfg.bits))
     try:
-        kept_bits(enc.model.cfg, bits)                   # before the features: fail fast
+        kept = list(kept_bits(enc.model.cfg, bits))      # before the features: fail fast
     except ValueError as exc:
         raise CLIError(f"--bits: {exc}") from None
     enc.use_cpu_threads(threads)                     # features: batches split over the threads
@@ -191,15 +191,15 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
     enc.use_cpu_threads(threads, "intra-op")         # the heads' training: torch's own threads
     model = fit_heads(enc.model, feats, cfg, bits)
     refit = {"source_weights": str(weights), "source_files": source.get("files", {}), "bits": bits,
-             "kept_bits": [b for b in model.cfg.bits if b not in bits],
+             "kept_bits": kept,
              "data": {"path": str(args.data), "sha256": ds.sha256, "shapes": len(ds),
                       "train": len(split.train), "feature_rows": len(feats.image)},
              "config": dataclasses.asdict(cfg)}
     extra = {k: source[k] for k in ("training",) if k in source}
     save_weights(model, out, extra={**extra, "head_refit": refit})
-    kept = f" (kept the trained {refit['kept_bits']}-bit heads)" if refit["kept_bits"] else ""
+    kept_note = f" (kept the trained {kept}-bit heads)" if kept else ""
     print(f"refitted {bits}-bit heads on {len(feats.image)} image/point feature pairs "  # noqa: T201
-          f"of {len(split.train)} training shapes{kept}; weights in {out}")
+          f"of {len(split.train)} training shapes{kept_note}; weights in {out}")
     return 0
 
 
