@@ -12,7 +12,8 @@ bulk indexing and the HTTP service, so every caller preprocesses exactly the sam
 On CPU, :meth:`Encoder.set_parallel` runs a model call as chunks of the batch on several threads with
 one intra-op thread each (what the service does): on 2 cores, one input took 3.6 ms (image) / 8.4 ms
 (points) with one thread against 7.3 / 12.2 ms with two, and a batch of 32 split in two went ~1.2–1.4x
-faster than one call with two intra-op threads.
+faster than one call with two intra-op threads. On a GPU with ``CMAH_CUDA_GRAPHS=1``, batches of up to 8
+replay a CUDA graph of the encoder (:mod:`model.cuda_graphs`; off by default until measured on a GPU).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .cmah import HashEncoder
+from .cuda_graphs import GraphedCall
 from .device import pick_device
 from .renderer import RenderConfig, canonical_view, render
 from .weights import SHIPPED_WEIGHTS_DIR, load_weights, weights_id
@@ -54,6 +56,9 @@ class Encoder:
         self.weights_id: str | None = None
         self.workers = 1
         self._pool: ThreadPoolExecutor | None = None
+        # on a GPU (CMAH_CUDA_GRAPHS=1), small batches replay a CUDA graph of the encoder: one launch, not hundreds
+        self._image_call = GraphedCall(self.model.encode_images, name="image encoder")
+        self._point_call = GraphedCall(self.model.encode_points, name="point encoder")
 
     def use_cpu_threads(self, threads: int, mode: str = "chunks") -> None:
         """How model calls use ``threads`` CPU threads (the service's ``CMAH_CPU_PARALLEL``): ``"chunks"``
@@ -149,12 +154,12 @@ class Encoder:
     @torch.no_grad()
     def encode_image_tensors(self, images: torch.Tensor) -> Codes:
         """[B, 3, S, S] in [0, 1] -> packed codes per code length."""
-        h = self._call(self.model.encode_images, images.to(self.device))
+        h = self._call(self._image_call, images.to(self.device))
         return {b: pack_codes(v) for b, v in h.items()}  # type: ignore[union-attr]
 
     @torch.no_grad()
     def encode_point_tensors(self, points: torch.Tensor) -> Codes:
-        h = self._call(self.model.encode_points, points.to(self.device))
+        h = self._call(self._point_call, points.to(self.device))
         return {b: pack_codes(v) for b, v in h.items()}  # type: ignore[union-attr]
 
     @torch.no_grad()

@@ -102,6 +102,17 @@ def random_view(batch: int, generator: torch.Generator | None = None,
     return ViewParams(azim, elev, dist, light, color, bg_top, bg_bottom, ambient).to(device)
 
 
+def _smallest_eigenvector(cov: torch.Tensor) -> torch.Tensor:
+    """Unit eigenvector of the smallest eigenvalue of each symmetric 3x3 matrix [..., 3, 3] -> [..., 3].
+
+    The decomposition runs on the CPU for every device: cuSOLVER's batched ``syevBatched`` fails with
+    CUSOLVER_STATUS_INTERNAL_ERROR on the H200 machine (torch 2.11, CUDA 13), and for 3x3 matrices the
+    round trip costs little next to the k-NN search that produced them.
+    """
+    _, vecs = torch.linalg.eigh(cov.to("cpu", torch.float32))
+    return vecs[..., 0].to(cov.device, cov.dtype)
+
+
 def knn_geometry(points: torch.Tensor, k: int = DEFAULT_K) -> tuple[torch.Tensor, torch.Tensor]:
     """Unoriented normals [B, N, 3] (PCA of the k-NN) and mean k-NN distance [B, N] of each point."""
     b, n, _ = points.shape
@@ -113,8 +124,7 @@ def knn_geometry(points: torch.Tensor, k: int = DEFAULT_K) -> tuple[torch.Tensor
     centred = nbrs - nbrs.mean(dim=2, keepdim=True)
     cov = centred.transpose(-1, -2) @ centred                           # [B, N, 3, 3]
     cov = cov + 1e-9 * torch.eye(3, device=points.device, dtype=points.dtype)
-    _, vecs = torch.linalg.eigh(cov)
-    normals = vecs[..., 0]                                              # smallest eigenvalue
+    normals = _smallest_eigenvector(cov)                                # [B, N, 3]
     # [B, N]; a one-point cloud has no neighbours (the mean of none would be NaN and crash render())
     spacing = knn_d2[..., 1:].clamp_min(0).sqrt().mean(-1) if k > 0 else points.new_zeros(b, n)
     return normals, spacing

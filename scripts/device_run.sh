@@ -9,7 +9,8 @@
 #   train-cpu-continue  as train-cpu, starting with --init-from device-carry/init.pt (a slim checkpoint
 #                       brought back by an earlier session, or made here: scripts/slim_checkpoint.py)
 #   train-paper         `paper` config: train, eval (its weights, 219 MB, are too big to come back)
-#   bench               bench/encode.py and bench/search_gpu.py on CUDA, eval of the shipped weights
+#   bench               bench/encode.py, bench/cuda_graphs.py (+ its tests), bench/search_gpu.py on CUDA, eval
+#                       of the shipped weights
 #   eval                eval of the shipped weights (or CMAH_EVAL_WEIGHTS=DIR)
 #
 # It dequantises the carried data (device-carry/modelnet40_train_q8.npz, scripts/quantize_dataset.py)
@@ -45,6 +46,8 @@
 #   CMAH_REFIT           1/0: run refit-heads after training (default 1 for cpu, 0 for paper)
 #   CMAH_POST_RESERVE_S  seconds kept for the steps after training (default: job's estimate)
 #   CMAH_DRY_SHAPES      dry run: shapes of the data subset (default 240)
+#   CMAH_BENCHES         which benchmarks the bench / all jobs run (default "encode graphs search"; graphs:
+#                        tests/model/test_cuda_graphs.py, then bench/cuda_graphs.py, eager vs CUDA graphs)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -109,6 +112,7 @@ else
     POST_RESERVE=${CMAH_POST_RESERVE_S:-$(( 30 + 45 * REFIT + 40 * (1 + REFIT) ))}
 fi
 EVAL_WEIGHTS=${CMAH_EVAL_WEIGHTS:-weights}
+BENCHES=${CMAH_BENCHES:-encode graphs search}
 
 FAILED=()
 SKIPPED=()
@@ -261,19 +265,34 @@ if (( BENCH )); then
         search_args=(--device cuda --seconds 0.5)
     fi
     # stdout (the markdown tables) to a file, shown after; progress lines (stderr) go to the log as they come
-    step bench-encode 150 "$PY" bench/encode.py "${enc_args[@]}" --json "$RES/bench-encode.json" \
-        > "$RES/bench-encode.md" || true
-    cat "$RES/bench-encode.md"
-    step bench-search 150 "$PY" bench/search_gpu.py "${search_args[@]}" --json "$RES/bench-search.json" \
-        > "$RES/bench-search.md" || true
-    cat "$RES/bench-search.md"
+    if [[ " $BENCHES " == *" encode "* ]]; then
+        step bench-encode 150 "$PY" bench/encode.py "${enc_args[@]}" --json "$RES/bench-encode.json" \
+            > "$RES/bench-encode.md" || true
+        cat "$RES/bench-encode.md"
+    fi
+    if [[ " $BENCHES " == *" graphs "* ]]; then   # CUDA-graph replay (model/cuda_graphs.py): codes, then speed
+        step test-cuda-graphs 90 "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py || true
+        if [[ $DRY != 1 ]]; then
+            step bench-graphs 90 "$PY" bench/cuda_graphs.py --json "$RES/bench-graphs.json" \
+                > "$RES/bench-graphs.md" || true
+            cat "$RES/bench-graphs.md"
+        fi
+    fi
+    if [[ " $BENCHES " == *" search "* ]]; then
+        step bench-search 150 "$PY" bench/search_gpu.py "${search_args[@]}" --json "$RES/bench-search.json" \
+            > "$RES/bench-search.md" || true
+        cat "$RES/bench-search.md"
+    fi
     pack
 fi
 
 # --- training ---------------------------------------------------------------------------------------
 TRAINED=0
 if [[ -n $CONFIG ]]; then
-    train_args=(--data "$DATA" --config "$TRAIN_CONFIG" --device "$DEV" --out "$RUN" --resume --quiet)
+    # --epochs: the time budget ends the run, not the CLI's default of 40 epochs (on the H200 the `cpu`
+    # config does 40 epochs in 3 minutes: the 2026-12-04 session's run stopped there, half-way)
+    train_args=(--data "$DATA" --config "$TRAIN_CONFIG" --device "$DEV" --out "$RUN" --resume --quiet
+                --epochs 100000)
     if [[ -n $INIT ]]; then
         [[ -e $INIT ]] || die "--init-from $INIT: no such file or directory (carry it: device-carry/init.pt, see docs/development.md)"
         if [[ -f $RUN/checkpoint.pt ]]; then

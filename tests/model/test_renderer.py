@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,3 +267,20 @@ def test_azimuth_0_and_180_differ_for_an_asymmetric_shape() -> None:
     x1 = torch.nonzero(fg1, as_tuple=True)[1].float().mean() - mid
     assert x0 > 2 and x1 < -2                                 # arm on the right, then on the left
     assert torch.equal(fg0, fg1.flip(-1)) or (fg0 ^ fg1.flip(-1)).float().mean() < 0.05
+
+
+def test_smallest_eigenvector_matches_numpy_and_keeps_the_device_and_dtype():
+    from model.renderer import _smallest_eigenvector
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(50, 3, 3))
+    cov = a @ a.transpose(0, 2, 1) + np.diag([0.0, 1e-3, 2e-3])      # symmetric, distinct eigenvalues
+    got = _smallest_eigenvector(torch.from_numpy(cov).float())
+    _, v = np.linalg.eigh(cov)
+    want = v[..., 0]
+    assert got.dtype == torch.float32 and got.shape == (50, 3)
+    # an eigenvector up to sign: |<got, want>| = 1
+    np.testing.assert_allclose(np.abs((got.numpy() * want).sum(-1)), 1.0, atol=1e-4)
+    if torch.cuda.is_available():
+        on_gpu = _smallest_eigenvector(torch.from_numpy(cov).float().cuda())
+        assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), got)
