@@ -109,8 +109,8 @@ def _smallest_eigenvector(cov: torch.Tensor) -> torch.Tensor:
     CUSOLVER_STATUS_INTERNAL_ERROR on the H200 machine (torch 2.11, CUDA 13), and for 3x3 matrices the
     round trip costs little next to the k-NN search that produced them.
     """
-    _, vecs = torch.linalg.eigh(cov.to("cpu", torch.float32))
-    return vecs[..., 0].to(cov.device, cov.dtype)
+    _, vecs = torch.linalg.eigh(cov.cpu())
+    return vecs[..., 0].to(cov.device)
 
 
 def knn_geometry(points: torch.Tensor, k: int = DEFAULT_K) -> tuple[torch.Tensor, torch.Tensor]:

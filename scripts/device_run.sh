@@ -264,13 +264,14 @@ if (( BENCH )); then
         enc_args=(--devices cuda --batches 1 8 64 256 1024 --seconds 0.5)
         search_args=(--device cuda --seconds 0.5)
     fi
+    wanted() { [[ " $BENCHES " == *" $1 "* ]]; }   # is benchmark $1 in CMAH_BENCHES?
     # stdout (the markdown tables) to a file, shown after; progress lines (stderr) go to the log as they come
-    if [[ " $BENCHES " == *" encode "* ]]; then
+    if wanted encode; then
         step bench-encode 150 "$PY" bench/encode.py "${enc_args[@]}" --json "$RES/bench-encode.json" \
             > "$RES/bench-encode.md" || true
         cat "$RES/bench-encode.md"
     fi
-    if [[ " $BENCHES " == *" graphs "* ]]; then   # CUDA-graph replay (model/cuda_graphs.py): codes, then speed
+    if wanted graphs; then   # CUDA-graph replay (model/cuda_graphs.py): codes, then speed
         step test-cuda-graphs 90 "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py || true
         if [[ $DRY != 1 ]]; then
             step bench-graphs 90 "$PY" bench/cuda_graphs.py --json "$RES/bench-graphs.json" \
@@ -278,7 +279,7 @@ if (( BENCH )); then
             cat "$RES/bench-graphs.md"
         fi
     fi
-    if [[ " $BENCHES " == *" search "* ]]; then
+    if wanted search; then
         step bench-search 150 "$PY" bench/search_gpu.py "${search_args[@]}" --json "$RES/bench-search.json" \
             > "$RES/bench-search.md" || true
         cat "$RES/bench-search.md"
