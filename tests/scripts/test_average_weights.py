@@ -1,0 +1,83 @@
+"""scripts/average_weights.py: checkpoint averaging of inference weights (how the shipped weights were made)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from model.cmah import HashEncoder
+from model.config import CPU
+from model.weights import WEIGHTS_FILE, WeightsError, load_weights, save_weights, weights_id
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "average_weights.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("average_weights", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_mean_matches_a_direct_reference(tiny_weights: Path, other_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "avg"
+    r = _run(str(tiny_weights), str(other_weights), "--out", str(out), "--weights", "0.25", "0.75")
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(tiny_weights / WEIGHTS_FILE)), load_file(str(other_weights / WEIGHTS_FILE))
+    got = load_file(str(out / WEIGHTS_FILE))
+    assert set(got) == set(a)
+    n_float = 0
+    for k, v in got.items():
+        if v.is_floating_point():
+            ref = (0.25 * a[k].float() + 0.75 * b[k].float()).half()
+            assert (v == ref).all(), k
+            n_float += int((a[k] != b[k]).any())
+        else:
+            assert (v == a[k]).all(), k
+    assert n_float > 10                            # the two inputs really differ
+    load_weights(out)                              # sha256 and config verified
+    rec = json.loads((out / "manifest.json").read_text())["weight_average"]["inputs"]
+    assert [i["weights_id"] for i in rec] == [weights_id(tiny_weights), weights_id(other_weights)]
+    assert [i["coefficient"] for i in rec] == [0.25, 0.75]
+
+
+def test_equal_default_and_self_average_is_identity(tiny_weights: Path, tmp_path: Path) -> None:
+    out = _module().average_weights([tiny_weights, tiny_weights], tmp_path / "same")
+    a, got = load_file(str(tiny_weights / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
+    assert all((got[k] == a[k]).all() for k in a)
+
+
+def test_bad_inputs_exit_2_and_write_nothing(tiny_weights: Path, tmp_path: Path) -> None:
+    cpu_dir = save_weights(HashEncoder(CPU), tmp_path / "cpu")
+    cases = {
+        "differs": [str(tiny_weights), str(cpu_dir)],
+        "at least two": [str(tiny_weights)],
+        "coefficients for": [str(tiny_weights), str(tiny_weights), "--weights", "1"],
+        "sum to 1": [str(tiny_weights), str(tiny_weights), "--weights", "0.7", "0.7"],
+        "manifest": [str(tiny_weights), str(tmp_path / "missing")],
+    }
+    for i, (msg, args) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        r = _run(*args, "--out", str(out))
+        assert r.returncode == 2, (msg, r.stderr)
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (msg, r.stderr)
+        assert not out.exists(), msg
+    r = _run(str(tiny_weights), str(tmp_path / "cpu"), "--out", str(tmp_path / "cpu"))
+    assert r.returncode == 2 and "one of the inputs" in r.stderr
+
+
+def test_library_error_type(tiny_weights: Path, tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="at least two"):
+        _module().average_weights([tiny_weights], tmp_path / "x")
