@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_script, run_script
 from safetensors.torch import load_file
 
 from model.cmah import HashEncoder
 from model.config import CPU
 from model.weights import WEIGHTS_FILE, WeightsError, load_weights, save_weights, weights_id
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "average_weights.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("average_weights", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("average_weights")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return run_script("average_weights", *args)
 
 
 def test_mean_matches_a_direct_reference(tiny_weights: Path, other_weights: Path, tmp_path: Path) -> None:

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script, run_script
 
 from model.dataset import DatasetError, load_dataset, save_dataset
 from model.synthetic import write_synthetic
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "quantize_dataset.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("quantize_dataset", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("quantize_dataset")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return run_script("quantize_dataset", *args)
 
 
 @pytest.fixture(scope="module")
