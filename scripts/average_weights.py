@@ -24,8 +24,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -42,6 +40,8 @@ def average_weights(dirs: Sequence[str | Path], out: str | Path, coefficients: S
         raise WeightsError(f"{len(coef)} coefficients for {len(dirs)} weights directories")
     if any(c < 0 for c in coef) or abs(sum(coef) - 1.0) > 1e-6:
         raise WeightsError(f"coefficients must be >= 0 and sum to 1, got {coef}")
+    if Path(out).resolve() in {Path(d).resolve() for d in dirs}:
+        raise WeightsError(f"--out {out} is one of the inputs")
     models = [load_weights(d) for d in dirs]
     first = models[0]
     for d, m in zip(dirs[1:], models[1:], strict=True):
@@ -65,12 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output weights directory")
     ap.add_argument("--weights", type=float, nargs="+", help="coefficients (default: equal), summing to 1")
     args = ap.parse_args(argv)
-    if Path(args.out).resolve() in {Path(d).resolve() for d in args.dirs}:
-        print(f"error: --out {args.out} is one of the inputs", file=sys.stderr)
-        return 2
     try:
-        with torch.no_grad():
-            out = average_weights(args.dirs, args.out, args.weights)
+        out = average_weights(args.dirs, args.out, args.weights)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
