@@ -18,7 +18,7 @@ from .decoders import ImageDecoder, PointDecoder
 from .encoders import ImageEncoder, PointEncoder
 from .fusion import FusionBlock
 from .hash_head import MultiHashHead
-from .losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent
+from .losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent, soft_nt_xent
 from .masking import random_masking, take_tokens
 
 #: Image normalisation applied inside the model (inputs are RGB in [0, 1]).
@@ -83,8 +83,15 @@ class CMAH(nn.Module):
             self.point_decoder = PointDecoder(pc.dim, dc.point_dim, dc.point_depth, dc.point_heads,
                                               pc.group_size)
 
-    def contrastive(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def contrastive(self, a: torch.Tensor, b: torch.Tensor, neighbours: torch.Tensor | None = None,
+                    alpha: float = 0.0) -> torch.Tensor:
+        """The configured contrastive loss between paired rows of a and b; with ``neighbours`` [B, B]
+        and ``alpha`` > 0, NT-Xent with targets shared with in-batch neighbours (:func:`soft_nt_xent`)."""
         lc = self.cfg.loss
+        if neighbours is not None and alpha > 0:
+            if lc.contrastive != "ntxent":
+                raise ValueError("neighbour positives work with the ntxent contrastive loss only")
+            return soft_nt_xent(a, b, lc.temperature, neighbours, alpha)
         if lc.contrastive == "hard":
             return hard_nt_xent(a, b, lc.temperature, lc.hard_beta, lc.hard_tau_plus)
         if lc.contrastive != "ntxent":
@@ -127,8 +134,12 @@ class CMAH(nn.Module):
         return img_pred, pt_pred
 
     def forward_loss(self, images: torch.Tensor, points: torch.Tensor,
-                     generator: torch.Generator | None = None) -> LossOutput:
+                     generator: torch.Generator | None = None, neighbours: torch.Tensor | None = None,
+                     alpha: float = 0.0) -> LossOutput:
+        """The CMAH objective on a batch of pairs; ``neighbours`` [B, B] bool (pairs of shapes that are
+        neighbours, :mod:`model.neighbours`) and ``alpha`` soften every contrastive term's targets."""
         lc, enc_m = self.cfg.loss, self.encoder
+        nb = (neighbours, alpha)
         enc = self.forward_encoder(images, points, generator)
         h_i = enc_m.image_hash(enc["img_full"][:, 0])
         h_p = enc_m.point_hash(enc["pt_full"][:, 0])
@@ -140,10 +151,10 @@ class CMAH(nn.Module):
             h_pv = enc_m.point_hash(enc["pt_vis"][:, 0], update_stats=False)
         for bits in self.cfg.bits:
             if lc.cl_full:
-                l_c = l_c + self.contrastive(h_p[bits], h_i[bits])            # L_ff
+                l_c = l_c + self.contrastive(h_p[bits], h_i[bits], *nb)       # L_ff
             if lc.cl_masked:
-                l_c = l_c + self.contrastive(h_p[bits], h_iv[bits])           # L_fm: full points, masked image
-                l_c = l_c + self.contrastive(h_pv[bits], h_i[bits])           # L_mf: masked points, full image
+                l_c = l_c + self.contrastive(h_p[bits], h_iv[bits], *nb)      # L_fm: full points, masked image
+                l_c = l_c + self.contrastive(h_pv[bits], h_i[bits], *nb)      # L_mf: masked points, full image
         l_c = l_c / len(self.cfg.bits)
         parts["contrastive"] = l_c
         loss = l_c

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,19 +143,25 @@ def save_dataset(path: str | Path, points: np.ndarray, labels: np.ndarray, names
 
 @dataclass(frozen=True)
 class Split:
-    """Indices into a dataset: ``query`` and ``retrieval`` partition it; ``train`` is within retrieval."""
+    """Indices into a dataset: ``query`` and ``retrieval`` partition it; ``train`` is within retrieval.
+
+    ``validation`` (empty unless asked for) is the first shapes of the retrieval set, held out of
+    ``train``: validation queries for choosing models without the test queries (``cmah eval
+    --validation``)."""
 
     query: np.ndarray
     retrieval: np.ndarray
     train: np.ndarray
+    validation: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def make_split(n: int, seed: int = SPLIT_SEED, n_query: int | None = None,
-               n_train: int | None = None) -> Split:
+               n_train: int | None = None, holdout: int = 0) -> Split:
     """The documented split: seeded permutation; first ``n_query`` are queries, the rest retrieval.
 
     ``n_train`` (default: the whole retrieval set) training indices are the first ones of the
-    retrieval set in that permutation. Each part keeps the permutation's (random) order: dataset files
+    retrieval set in that permutation, after the ``holdout`` validation shapes (default none), which
+    are the retrieval set's first ones and never train. Each part keeps the permutation's (random) order: dataset files
     such as ModelNet40's are sorted by class, and mAP breaks Hamming ties in database order, so a
     class-sorted database would reward codes that merely tie (same-class items would sit together
     inside every tie group).
@@ -167,6 +173,9 @@ def make_split(n: int, seed: int = SPLIT_SEED, n_query: int | None = None,
     n_query = int(min(max(n_query, 1), n - 1))
     perm = np.random.default_rng(seed).permutation(n)
     query, retrieval = perm[:n_query], perm[n_query:]
-    n_train = len(retrieval) if n_train is None else int(min(max(n_train, 1), len(retrieval)))
-    train = retrieval[:n_train]
-    return Split(query, retrieval, train)
+    if not 0 <= holdout < len(retrieval):
+        raise DatasetError(f"a validation holdout of {holdout} shapes needs 0 <= holdout < "
+                           f"{len(retrieval)} (the retrieval set's size)")
+    validation, pool = retrieval[:holdout], retrieval[holdout:]
+    n_train = len(pool) if n_train is None else int(min(max(n_train, 1), len(pool)))
+    return Split(query, retrieval, pool[:n_train], validation)

@@ -59,12 +59,23 @@ class EvalData:
 
 
 def load_eval_data(data: str | Path | None = None, query_data: str | Path | None = None,
-                   db_data: str | Path | None = None) -> EvalData:
-    """Either one file with the documented split, or explicit query and database files."""
+                   db_data: str | Path | None = None, validation: int = 0) -> EvalData:
+    """Either one file with the documented split, or explicit query and database files.
+
+    ``validation`` > 0 (with ``data``) evaluates the validation split instead: the retrieval set's
+    first ``validation`` shapes (what ``cmah train --holdout`` keeps out of training) as queries
+    against the rest of the retrieval set; the test queries are not touched."""
+    if validation and data is None:
+        raise ValueError("--validation needs --data (it splits that file's retrieval set)")
     if data is not None:
         if query_data or db_data:
             raise ValueError("give either --data or both --query-data and --db-data, not both")
         ds = load_dataset(data)
+        if validation:
+            split = make_split(len(ds), holdout=validation)
+            return EvalData(ds.subset(split.validation), ds.subset(split.train),
+                            f"validation split of {Path(data).name}: its retrieval set's first "
+                            f"{len(split.validation)} shapes as queries against the other {len(split.train)}")
         split = make_split(len(ds))
         return EvalData(ds.subset(split.query), ds.subset(split.retrieval),
                         f"documented split of {Path(data).name}: {len(split.query)} query / "

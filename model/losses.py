@@ -30,6 +30,30 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return F.cross_entropy(logits, pos)
 
 
+def soft_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float, neighbours: torch.Tensor,
+                 alpha: float) -> torch.Tensor:
+    """NT-Xent with soft targets that share ``alpha`` of each anchor's mass among its in-batch neighbours.
+
+    Same logits as :func:`nt_xent` (rows and columns: [a; b], 2B samples, self-pairs removed).
+    ``neighbours`` [B, B] bool marks pairs of shapes that are neighbours (symmetric, diagonal False).
+    Anchor a_i's target: 1 - alpha on its pair b_i, and alpha / (2 |N(i)|) on both a_j and b_j of each
+    neighbour j in N(i); an anchor with no neighbour in the batch keeps all its mass on its pair
+    (alpha = 0, or no neighbours, gives back NT-Xent). The loss is the cross-entropy
+    -sum_c t_c log softmax(logits)_c, averaged over the 2B anchors.
+    """
+    logits, pos = _pair_logits(a, b, tau)
+    n = a.shape[0]
+    nb = neighbours.to(device=logits.device, dtype=logits.dtype)                  # [B, B]
+    count = nb.sum(dim=1, keepdim=True)                                         # [B, 1]
+    share = torch.where(count > 0, alpha / (2 * count.clamp(min=1)), torch.zeros_like(count)) * nb
+    self_w = 1 - torch.where(count > 0, torch.full_like(count, alpha), torch.zeros_like(count))
+    half = torch.cat([share, share], dim=1)                                     # [B, 2B]: a_j and b_j
+    target = torch.cat([half, half], dim=0)                                     # rows a_i, then b_i
+    target[torch.arange(2 * n, device=logits.device), pos] += torch.cat([self_w, self_w]).squeeze(1)
+    logp = torch.log_softmax(logits, dim=1)
+    return -torch.where(target > 0, target * logp, torch.zeros_like(logp)).sum(dim=1).mean()
+
+
 def hard_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float, beta: float = 1.0,
                  tau_plus: float = 0.05) -> torch.Tensor:
     """Hard-negative contrastive loss (Robinson et al., ICLR 2021) on the same pairs as :func:`nt_xent`.

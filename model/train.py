@@ -29,6 +29,7 @@ from .cmah import CMAH
 from .config import CMAHConfig
 from .dataset import PointDataset, load_dataset, make_split
 from .device import pick_device
+from .neighbours import NeighbourGraph, joint_features, knn_joint
 from .renderer import RenderConfig, knn_geometry, random_view, render
 from .weights import load_weights, save_weights
 
@@ -53,6 +54,9 @@ class TrainConfig:
     step_epochs: int = 20
     seed: int = 0
     n_train: int | None = None           # None: the whole retrieval set of the documented split
+    #: the retrieval set's first shapes kept out of training as validation queries (``cmah eval
+    #: --validation``); 0: train on the whole retrieval set
+    holdout: int = 0
     time_limit_min: float | None = None  # stop (with a checkpoint) after this much wall time
     #: train for a fixed wall-clock budget: the cosine schedule runs over time instead of epochs and the
     #: run ends when the budget is spent (resumed runs count the time already spent)
@@ -70,6 +74,13 @@ class TrainConfig:
     #: optimiser and schedule); ignored when ``--resume`` finds a checkpoint of this run
     init_from: str | None = None
     amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
+    #: neighbour positives (model.neighbours): each shape's k nearest training shapes by the model's
+    #: own joint features; 0 = off (plain instance NT-Xent). Half of every batch is anchors, half one
+    #: neighbour of each, and ``neighbour_alpha`` of each anchor's contrastive target goes to them
+    neighbours: int = 0
+    neighbour_alpha: float = 0.5
+    #: rebuild the neighbour graph from the current model every this many epochs (and on --resume)
+    neighbour_refresh_epochs: int = 4
 
 
 def render_config_for(cfg: CMAHConfig) -> RenderConfig:
@@ -133,7 +144,18 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = pick_device(device)
         self.data = data if isinstance(data, PointDataset) else load_dataset(data)
-        self.split = make_split(len(self.data), n_train=tc.n_train)
+        self.split = make_split(len(self.data), n_train=tc.n_train, holdout=tc.holdout)
+        if tc.neighbours and not 0 < tc.neighbour_alpha <= 1:
+            raise ValueError(f"--neighbour-alpha must lie in (0, 1], got {tc.neighbour_alpha}")
+        if tc.neighbours and tc.neighbour_refresh_epochs < 1:
+            raise ValueError(f"--neighbour-refresh-epochs must be >= 1, got {tc.neighbour_refresh_epochs}")
+        if tc.neighbours and tc.batch_size < 4:
+            raise ValueError(f"--neighbours needs --batch-size >= 4 (anchors and neighbours), got {tc.batch_size}")
+        if tc.neighbours and cfg.loss.contrastive != "ntxent":
+            raise ValueError("--neighbours works with the ntxent contrastive loss only")
+        if tc.neighbours and not 1 <= tc.neighbours < len(self.split.train):
+            raise ValueError(f"--neighbours must lie in [1, {len(self.split.train) - 1}] for "
+                             f"{len(self.split.train)} training shapes, got {tc.neighbours}")
         self.train_idx = self.split.train
         self.show_progress = show_progress
         torch.manual_seed(tc.seed)
@@ -145,6 +167,9 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(tc.seed)
         self.step, self.epoch, self.history = 0, 0, []
         self.elapsed_before = 0.0
+        self.graph: NeighbourGraph | None = None
+        self.graph_epoch = -1
+        self.graph_builds: list[dict[str, float]] = []
         ckpt = self.out / CHECKPOINT_FILE
         if resume and ckpt.is_file():
             self._load_checkpoint(ckpt)
@@ -181,6 +206,41 @@ class Trainer:
                             torch.from_numpy(spacing[idx]).float().to(self.device))
             points = resample_points(self.augment(pts, self.gen), self.cfg.points.num_points, self.gen)
         return images, points.to(self.device)
+
+    def build_graph(self) -> NeighbourGraph:
+        """The neighbour graph of the training shapes from the current model (positions in train_idx)."""
+        t = time.monotonic()
+        img, pts = joint_features(self.model.encoder, self.data.points[self.train_idx], self.device,
+                                  progress=self.show_progress)
+        graph = NeighbourGraph(knn_joint(img, pts, self.tc.neighbours))
+        self.graph_builds.append({"epoch": self.epoch, "step": self.step,
+                                  "seconds": round(time.monotonic() - t, 1)})
+        log.info("neighbour graph (k=%d) of %d shapes built in %.0f s", self.tc.neighbours, len(graph),
+                 time.monotonic() - t)
+        return graph
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per pass over the training shapes (as anchors, with neighbours)."""
+        n = len(self.train_idx)
+        per_step = min(self.tc.batch_size, n) // (2 if self.tc.neighbours else 1)
+        return max(n // max(per_step, 1), 1)
+
+    def step_batch(self, i: int, normals: np.ndarray, spacing: np.ndarray
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Step ``i`` of the current epoch: images, points and (with neighbours) the [B, B] mask."""
+        tc, n = self.tc, len(self.train_idx)
+        if not tc.neighbours:
+            bs = min(tc.batch_size, n)
+            perm = np.random.default_rng(tc.seed + self.epoch).permutation(self.train_idx)
+            images, points = self.batch(np.sort(perm[i * bs:(i + 1) * bs]), normals, spacing)
+            return images, points, None
+        if self.graph is None or self.epoch - self.graph_epoch >= tc.neighbour_refresh_epochs:
+            self.graph, self.graph_epoch = self.build_graph(), self.epoch
+        half = min(tc.batch_size, n) // 2
+        perm = np.random.default_rng(tc.seed + self.epoch).permutation(n)
+        pos = self.graph.batch(perm[i * half:(i + 1) * half], np.random.default_rng([tc.seed, self.epoch, i]))
+        images, points = self.batch(self.train_idx[pos], normals, spacing)
+        return images, points, self.graph.mask(pos).to(self.device)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def _read_checkpoint(self, path: Path, remedy: str) -> dict[str, Any]:
@@ -246,29 +306,25 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         tc = self.tc
         normals, spacing = self._geometry()
-        n = len(self.train_idx)
-        bs = min(tc.batch_size, n)
-        steps_per_epoch = max(n // bs, 1)
+        steps_per_epoch = self.steps_per_epoch()
         t0 = time.monotonic()
         last_ckpt = t0
         stopped = "completed"
         use_amp = tc.amp and self.device.type == "cuda"
         self.model.train()
         while self.epoch < tc.epochs:
-            perm = np.random.default_rng(tc.seed + self.epoch).permutation(self.train_idx)
             start = self.step - self.epoch * steps_per_epoch           # resume inside an epoch
             bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {self.epoch + 1}/{tc.epochs}",
                        unit="step", disable=not self.show_progress, leave=False)
             for i in bar:
-                idx = np.sort(perm[i * bs:(i + 1) * bs])
-                images, points = self.batch(idx, normals, spacing)
+                images, points, neighbours = self.step_batch(i, normals, spacing)
                 spent = self.elapsed_before + time.monotonic() - t0
                 frac = spent / (tc.time_budget_min * 60) if tc.time_budget_min else None
                 lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = self.step_fn(images, points, self.gen)
+                    out = self.step_fn(images, points, self.gen, neighbours, tc.neighbour_alpha)
                 self.opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if tc.grad_clip:
@@ -313,10 +369,11 @@ class Trainer:
             "steps_per_epoch": steps_per_epoch, "elapsed_s": round(elapsed, 1),
             "device": str(self.device), "torch": torch.__version__,
             "samples_per_s": round(self.step * min(self.tc.batch_size, len(self.train_idx)) / max(elapsed, 1e-9), 2),
+            "neighbour_graphs": self.graph_builds,
             "model_config": self.cfg.to_dict(), "train_config": dataclasses.asdict(self.tc),
             "data": {"path": self.data.source, "sha256": self.data.sha256, "shapes": len(self.data),
                      "query": len(self.split.query), "retrieval": len(self.split.retrieval),
-                     "train": len(self.train_idx)},
+                     "validation": len(self.split.validation), "train": len(self.train_idx)},
             "history": self.history,
         }
         (self.out / LOG_FILE).write_text(json.dumps(summary, indent=1))
@@ -327,5 +384,7 @@ class Trainer:
             log.warning("loss curve not written: %s", exc)
         training = {k: summary[k] for k in ("stopped", "epochs_done", "steps", "elapsed_s", "device",
                                             "samples_per_s", "train_config", "data")}
+        if self.graph_builds:
+            training["neighbour_graphs"] = self.graph_builds
         save_weights(self.model.encoder, self.out / "weights", extra={"training": training})
         return summary

@@ -131,7 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                      time_limit_min=args.time_limit_min, time_budget_min=args.time_budget_min,
                      max_steps=args.max_steps, compile=args.compile, warmup_epochs=args.warmup_epochs,
                      rotate_points=args.rotate_points, view_azim_spread=args.view_azim_spread,
-                     init_from=args.init_from)
+                     init_from=args.init_from, holdout=args.holdout, neighbours=args.neighbours,
+                     neighbour_alpha=args.neighbour_alpha,
+                     neighbour_refresh_epochs=args.neighbour_refresh_epochs)
     set_cpu_threads(args.threads)
     if not Path(args.data).is_file():
         raise CLIError(f"{args.data}: no such dataset file")
@@ -212,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     threads = set_cpu_threads(args.threads)
     try:
-        data = load_eval_data(args.data, args.query_data, args.db_data)
+        data = load_eval_data(args.data, args.query_data, args.db_data, args.validation)
     except ValueError as exc:
         if type(exc) is not ValueError:
             raise
@@ -348,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit-min", type=float, help="stop (resumable) after this wall time")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--n-train", type=int, help="training shapes (default: the whole retrieval set)")
+    t.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="keep the retrieval set's first N shapes out of training, as validation queries "
+                   "for `cmah eval --validation N` (default 0: train on all of it)")
+    t.add_argument("--neighbours", type=int, default=0, metavar="K",
+                   help="neighbour positives: each shape's K nearest training shapes by the model's own "
+                   "image and point features share its contrastive target (default 0: off; "
+                   "docs/model.md)")
+    t.add_argument("--neighbour-alpha", type=float, default=0.5,
+                   help="share of each contrastive target given to in-batch neighbours (default 0.5)")
+    t.add_argument("--neighbour-refresh-epochs", type=int, default=4,
+                   help="rebuild the neighbour graph from the current model every N epochs (default 4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -383,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="one dataset file, evaluated on the documented query/retrieval split")
     e.add_argument("--query-data", help="query dataset file")
     e.add_argument("--db-data", help="database dataset file")
+    e.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="with --data: the validation split instead of the documented one (the retrieval "
+                   "set's first N shapes, held out of training by `cmah train --holdout N`, as queries "
+                   "against the rest of it)")
     e.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
     e.add_argument("--topk", type=int, default=2000)
     e.add_argument("--json", help="write the results JSON here")
