@@ -256,6 +256,7 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.step, self.epoch, self.history = ck["step"], ck["epoch"], ck["history"]
         self.elapsed_before = ck.get("elapsed_s", 0.0)
+        self.graph_builds = list(ck.get("neighbour_graphs", []))   # the graph itself is rebuilt on resume
         self.gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
@@ -299,6 +300,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "model_config": self.cfg.to_dict(), "train_config": dataclasses.asdict(self.tc),
             "step": self.step, "epoch": self.epoch, "history": self.history, "elapsed_s": elapsed,
+            "neighbour_graphs": self.graph_builds,
             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
         }, self.out / CHECKPOINT_FILE)
 

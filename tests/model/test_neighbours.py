@@ -148,6 +148,19 @@ def test_training_with_neighbours(synth_npz, tmp_path):
     assert images.shape[0] == points.shape[0] == mask.shape[0] == 16 and mask.any()
 
 
+def test_resume_keeps_the_graph_record(synth_npz, tmp_path):
+    """A resumed run rebuilds the graph from the current model and its log lists every build."""
+    tc = TrainConfig(batch_size=16, max_steps=2, log_every=1, neighbours=3, holdout=10, warmup_epochs=0)
+    Trainer(TINY, tc, synth_npz, tmp_path, show_progress=False).run()
+    tr = Trainer(TINY, dataclasses.replace(tc, max_steps=4), synth_npz, tmp_path, resume=True,
+                 show_progress=False)
+    assert tr.graph is None and [g["step"] for g in tr.graph_builds] == [0]
+    summary = tr.run()
+    assert summary["steps"] == 4 and [g["step"] for g in summary["neighbour_graphs"]] == [0, 2]
+    manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
+    assert [g["step"] for g in manifest["training"]["neighbour_graphs"]] == [0, 2]
+
+
 def test_neighbour_losses_ignore_labels(synth_npz, tmp_path):
     """With neighbours on, permuting the labels leaves the graph, a step's loss and its gradients unchanged."""
     ds = load_dataset(synth_npz)
