@@ -39,6 +39,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.json"
 CURVE_FILE = "loss_curve.png"
 GEOMETRY_FILE = "geometry_cache.npz"
+#: on a time budget, a due neighbour-graph rebuild is skipped (the current graph kept) when less than
+#: this many times the last build's duration is left: the few steps it would serve cannot repay it
+GRAPH_REBUILD_MIN_LEFT = 4.0
 
 
 @dataclass(frozen=True)
@@ -225,16 +228,31 @@ class Trainer:
         per_step = min(self.tc.batch_size, n) // (2 if self.tc.neighbours else 1)
         return max(n // max(per_step, 1), 1)
 
-    def step_batch(self, i: int, normals: np.ndarray, spacing: np.ndarray
+    def graph_due(self, left_s: float | None = None) -> bool:
+        """Whether to (re)build the neighbour graph now; ``left_s``: time-budget seconds still left."""
+        if self.graph is None:
+            return True
+        if self.epoch - self.graph_epoch < self.tc.neighbour_refresh_epochs:
+            return False
+        last = self.graph_builds[-1]["seconds"] if self.graph_builds else 0.0
+        if left_s is not None and left_s < GRAPH_REBUILD_MIN_LEFT * last:
+            log.info("neighbour graph kept at epoch %d: %.0f s of the budget left, a rebuild takes ~%.0f s",
+                     self.epoch, left_s, last)
+            self.graph_epoch = self.epoch            # decided once per refresh period
+            return False
+        return True
+
+    def step_batch(self, i: int, normals: np.ndarray, spacing: np.ndarray, left_s: float | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Step ``i`` of the current epoch: images, points and (with neighbours) the [B, B] mask."""
+        """Step ``i`` of the current epoch: images, points and (with neighbours) the [B, B] mask;
+        ``left_s`` (seconds of the time budget left) lets a rebuild near the end be skipped."""
         tc, n = self.tc, len(self.train_idx)
         if not tc.neighbours:
             bs = min(tc.batch_size, n)
             perm = np.random.default_rng(tc.seed + self.epoch).permutation(self.train_idx)
             images, points = self.batch(np.sort(perm[i * bs:(i + 1) * bs]), normals, spacing)
             return images, points, None
-        if self.graph is None or self.epoch - self.graph_epoch >= tc.neighbour_refresh_epochs:
+        if self.graph_due(left_s):
             self.graph, self.graph_epoch = self.build_graph(), self.epoch
         half = min(tc.batch_size, n) // 2
         perm = np.random.default_rng(tc.seed + self.epoch).permutation(n)
@@ -319,7 +337,9 @@ class Trainer:
             bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {self.epoch + 1}/{tc.epochs}",
                        unit="step", disable=not self.show_progress, leave=False)
             for i in bar:
-                images, points, neighbours = self.step_batch(i, normals, spacing)
+                left = (tc.time_budget_min * 60 - (self.elapsed_before + time.monotonic() - t0)
+                        if tc.time_budget_min else None)
+                images, points, neighbours = self.step_batch(i, normals, spacing, left)
                 spent = self.elapsed_before + time.monotonic() - t0
                 frac = spent / (tc.time_budget_min * 60) if tc.time_budget_min else None
                 lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)

@@ -16,7 +16,7 @@ from model.dataset import DatasetError, load_dataset, make_split
 from model.evaluate import load_eval_data
 from model.losses import nt_xent, soft_nt_xent
 from model.neighbours import NeighbourGraph, knn_joint
-from model.train import TrainConfig, Trainer
+from model.train import GRAPH_REBUILD_MIN_LEFT, TrainConfig, Trainer
 from service.cli import main
 
 
@@ -159,6 +159,29 @@ def test_resume_keeps_the_graph_record(synth_npz, tmp_path):
     assert summary["steps"] == 4 and [g["step"] for g in summary["neighbour_graphs"]] == [0, 2]
     manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
     assert [g["step"] for g in manifest["training"]["neighbour_graphs"]] == [0, 2]
+
+
+def test_graph_rebuild_skipped_near_the_budget_end(synth_npz, tmp_path):
+    """A due rebuild is skipped when the budget left is under GRAPH_REBUILD_MIN_LEFT x the last build."""
+    tc = TrainConfig(batch_size=16, neighbours=3, holdout=10, neighbour_refresh_epochs=1)
+    tr = Trainer(TINY, tc, synth_npz, tmp_path, show_progress=False)
+    normals, spacing = tr._geometry()
+    tr.step_batch(0, normals, spacing, left_s=0.5)              # no graph yet: built whatever is left
+    assert len(tr.graph_builds) == 1
+    tr.graph_builds[-1]["seconds"] = last = 10.0
+    first = tr.graph
+    tr.epoch = 1                                                # due, too little left: kept
+    tr.step_batch(0, normals, spacing, left_s=GRAPH_REBUILD_MIN_LEFT * last - 1)
+    assert tr.graph is first and len(tr.graph_builds) == 1
+    tr.epoch = 2                                                # due, enough left: rebuilt
+    tr.step_batch(0, normals, spacing, left_s=GRAPH_REBUILD_MIN_LEFT * last + 1)
+    assert tr.graph is not first and len(tr.graph_builds) == 2
+    second = tr.graph
+    tr.step_batch(1, normals, spacing)                          # not due: kept
+    assert tr.graph is second
+    tr.epoch = 3                                                # due, no time budget: rebuilt
+    tr.step_batch(0, normals, spacing)
+    assert tr.graph is not second and len(tr.graph_builds) == 3
 
 
 def test_neighbour_losses_ignore_labels(synth_npz, tmp_path):
