@@ -171,7 +171,7 @@ class Trainer:
         self.step, self.epoch, self.history = 0, 0, []
         self.elapsed_before = 0.0
         self.graph: NeighbourGraph | None = None
-        self.graph_epoch = -1
+        self.graph_epoch = -1      # epoch the graph was last built, or kept at a skipped rebuild
         self.graph_builds: list[dict[str, float]] = []
         ckpt = self.out / CHECKPOINT_FILE
         if resume and ckpt.is_file():
@@ -329,6 +329,11 @@ class Trainer:
         steps_per_epoch = self.steps_per_epoch()
         t0 = time.monotonic()
         last_ckpt = t0
+        budget_s = tc.time_budget_min * 60 if tc.time_budget_min else None
+
+        def spent_s() -> float:                                        # resumed runs count earlier time
+            return self.elapsed_before + time.monotonic() - t0
+
         stopped = "completed"
         use_amp = tc.amp and self.device.type == "cuda"
         self.model.train()
@@ -337,11 +342,9 @@ class Trainer:
             bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {self.epoch + 1}/{tc.epochs}",
                        unit="step", disable=not self.show_progress, leave=False)
             for i in bar:
-                left = (tc.time_budget_min * 60 - (self.elapsed_before + time.monotonic() - t0)
-                        if tc.time_budget_min else None)
+                left = budget_s - spent_s() if budget_s else None
                 images, points, neighbours = self.step_batch(i, normals, spacing, left)
-                spent = self.elapsed_before + time.monotonic() - t0
-                frac = spent / (tc.time_budget_min * 60) if tc.time_budget_min else None
+                frac = spent_s() / budget_s if budget_s else None      # graph builds count in the budget
                 lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
@@ -356,7 +359,7 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == 1:
                     row = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 4),
                            "loss": float(out.loss.detach()), "lr": lr,
-                           "elapsed_s": round(self.elapsed_before + time.monotonic() - t0, 1)}
+                           "elapsed_s": round(spent_s(), 1)}
                     row.update({f"loss_{k}": v for k, v in out.parts.items()})
                     self.history.append(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
@@ -380,7 +383,7 @@ class Trainer:
                 break
             self.epoch += 1
             log.info("epoch %d done, loss %.4f", self.epoch, self.history[-1]["loss"] if self.history else float("nan"))
-        elapsed = self.elapsed_before + time.monotonic() - t0
+        elapsed = spent_s()
         self.save_checkpoint(elapsed)
         return self.finish(stopped, elapsed, steps_per_epoch)
 
