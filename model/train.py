@@ -365,7 +365,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}")
                 now = time.monotonic()
                 if now - last_ckpt > tc.checkpoint_every_min * 60:
-                    self.save_checkpoint(self.elapsed_before + now - t0)
+                    self.save_checkpoint(spent_s())
                     save_weights(self.model.encoder, self.out / "weights", extra={"training": {
                         "stopped": "in_progress", "steps": self.step}})
                     last_ckpt = now
