@@ -1,10 +1,15 @@
-"""Binary hash codes: packing, unpacking, Hamming distances and hex round trips.
+"""Binary hash codes, the one home of their bit-level rules: packing sign bits, unpacking, popcount,
+Hamming distances and hex round trips. :mod:`model` (the encoder, the metrics, the baselines) packs and
+compares codes through this module; nothing here imports :mod:`model`.
 
-A code of ``bits`` bits (``bits`` in :data:`BITS_CHOICES`) is the sign pattern of a real vector of
-length ``bits``, packed with :func:`numpy.packbits`: bit 1 means *strictly positive*, bit 0 means
-negative **or zero** (and NaN is rejected). Bits are stored big-endian inside each byte (the first
-vector component is the most significant bit of byte 0), so a batch of ``N`` codes is a C-contiguous
-``uint8`` array of shape ``[N, bits // 8]``.
+A code is the sign pattern of a real vector, packed with :func:`numpy.packbits`. The sign rule
+(:func:`pack_sign_bits`, used everywhere): bit 1 means *non-negative* (``x >= 0``, so zero gives bit
+1), bit 0 means negative. Bits are stored big-endian inside each byte (the first vector component is
+the most significant bit of byte 0), so a batch of ``N`` codes is a C-contiguous ``uint8`` array of
+shape ``[N, ceil(bits / 8)]``, the last byte padded with zero bits. The service's codes have ``bits``
+in :data:`BITS_CHOICES` (:func:`pack_signs` checks it and rejects NaN); the low-level functions
+(:func:`pack_sign_bits`, :func:`unpack_sign_bits`, :func:`code_words`, :func:`hamming_words`) take any
+length, as the baselines and the metrics need.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
         x: real array ``[N, bits]`` (or a single vector ``[bits]``), ``bits`` in :data:`BITS_CHOICES`.
 
     Returns:
-        ``uint8 [N, bits // 8]``: bit 1 where ``x > 0``; zero and negative values give bit 0.
+        ``uint8 [N, bits // 8]``: bit 1 where ``x >= 0``, bit 0 where ``x < 0`` (:func:`pack_sign_bits`).
 
     Raises:
         ValueError: non-real dtype, unsupported length, or NaN values (whose sign is undefined).
@@ -90,22 +95,43 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
     check_bits(arr.shape[1])
     if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
         raise ValueError("x contains NaN: the sign of NaN is undefined")
-    return np.packbits(arr > 0, axis=1)
+    return pack_sign_bits(arr)
+
+
+def pack_sign_bits(x: np.ndarray) -> np.ndarray:
+    """The sign rule of every code: real ``[N, n]`` -> ``uint8 [N, ceil(n / 8)]``, bit 1 where ``x >= 0``.
+
+    No checks (any ``n``, NaN gives bit 0): the encoder, the baselines and :func:`pack_signs` call it on
+    arrays they have already validated. This is the only place the project calls :func:`numpy.packbits`.
+    """
+    return np.packbits(np.asarray(x) >= 0, axis=1)
+
+
+def unpack_sign_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_sign_bits`: ``uint8 [N, B]`` -> ``int8 [N, bits]`` of +1 (bit set) / -1."""
+    signs = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, count=int(bits)).astype(np.int8)
+    return signs * 2 - 1
 
 
 def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Unpack codes into ``int8 [N, bits]`` vectors of +1 (bit set) and -1 (bit clear)."""
-    arr = as_codes(codes, bits)
-    signs = np.unpackbits(arr, axis=1, count=bits).astype(np.int8)
-    return signs * 2 - 1
+    return unpack_sign_bits(as_codes(codes, bits), bits)
 
 
-def _as_words(codes: np.ndarray) -> np.ndarray | None:
-    """View ``uint8 [N, B]`` codes as ``[N]`` unsigned words when ``B`` is 2, 4 or 8, else ``None``."""
-    dtype = WORD_DTYPES.get(codes.shape[1])
-    if dtype is None:
-        return None
-    return np.ascontiguousarray(codes).view(dtype)[:, 0]
+def code_words(codes: np.ndarray) -> np.ndarray:
+    """``uint8 [N, B]`` codes as ``[N, W]`` unsigned words, for a word-wise XOR + popcount.
+
+    A code of 2, 4 or 8 bytes is one word of that width (a view when the input is C-contiguous); any
+    other width is zero-padded to whole ``uint64`` words (padding never changes a distance).
+    """
+    arr = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, nbytes = arr.shape
+    dtype = WORD_DTYPES.get(nbytes)
+    if dtype is not None:
+        return arr.view(dtype)
+    padded = np.zeros((n, max(1, -(-nbytes // 8)) * 8), dtype=np.uint8)
+    padded[:, :nbytes] = arr
+    return padded.view(np.uint64)
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -116,6 +142,18 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return POPCOUNT_TABLE[as_bytes].sum(axis=-1, dtype=np.uint8)
 
 
+def hamming_words(query_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
+    """All-pairs Hamming distances of codes in :func:`code_words` form (``[Q, W]`` and ``[N, W]``).
+
+    Returns:
+        ``int32 [Q, N]``, ``popcount(q XOR db)`` summed over the words.
+    """
+    out = np.zeros((query_words.shape[0], db_words.shape[0]), dtype=np.int32)
+    for w in range(query_words.shape[1]):  # one word for codes of up to 64 bits
+        out += popcount(query_words[:, w, None] ^ db_words[None, :, w])
+    return out
+
+
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """All-pairs Hamming distances between two batches of codes of the same length.
 
@@ -124,10 +162,7 @@ def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarr
     """
     q = as_codes(query_codes, name="query_codes")
     db = as_codes(db_codes, q.shape[1] * 8, name="db_codes")
-    qw, dbw = _as_words(q), _as_words(db)
-    if qw is not None and dbw is not None:
-        return popcount(qw[:, None] ^ dbw[None, :]).astype(np.int32)
-    return POPCOUNT_TABLE[q[:, None, :] ^ db[None, :, :]].sum(axis=-1, dtype=np.int32)
+    return hamming_words(code_words(q), code_words(db))
 
 
 def codes_to_hex(codes: np.ndarray) -> list[str]:

@@ -37,7 +37,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from index.codes import WORD_DTYPES, as_codes, check_bits
+from index.codes import WORD_DTYPES, as_codes, check_bits, popcount
 from index.exact import BandFetcher, check_k, empty_result, resolve_ties
 from index.mih import DEFAULT_BUDGET_FACTOR, SCAN_NS, MultiIndexHash
 
@@ -538,7 +538,7 @@ class FaissFlatIndex:
         found: list[np.ndarray] = []
         total = 0
         for start in range(0, n, _SCAN_CHUNK):
-            dist = np.bitwise_count(xb[start : start + _SCAN_CHUNK] ^ qword)
+            dist = popcount(xb[start : start + _SCAN_CHUNK] ^ qword)
             hits = np.flatnonzero(dist == band_dist)
             if hits.size:
                 found.append(id_map[start + hits[: need - total]].copy())

@@ -5,8 +5,8 @@ Every hasher follows one interface::
     hasher = ITQHasher(bits=64, seed=0).fit(X_train)   # X_train float [n, d]
     codes = hasher.encode(X)                           # uint8 [N, ceil(bits / 8)]
 
-Codes use the same convention as :mod:`model.metrics`: ``np.packbits`` of the sign bits, bit 1 where
-the projected value is strictly positive, zero padding up to a whole byte.
+Codes follow the project's one sign rule, :func:`index.codes.pack_sign_bits`: bit 1 where the
+projected value is non-negative, zero padding up to a whole byte.
 
 Cross-modal use: these hashers have no notion of modality. For image <-> point-cloud retrieval the
 two modalities' features must live in one space of the same dimension ``d`` (e.g. the model's
@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+
+from index.codes import pack_sign_bits
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,6 @@ def _check_fit_input(x: np.ndarray, bits: int, name: str, min_rows: int = 1) -> 
     return arr
 
 
-def _pack(projected: np.ndarray) -> np.ndarray:
-    """float [N, bits] -> uint8 [N, ceil(bits / 8)], bit 1 where the value is > 0."""
-    return np.packbits(projected > 0, axis=1)
-
-
 def _pca(xc: np.ndarray, bits: int) -> np.ndarray:
     """Top-``bits`` principal directions of centred data xc [n, d] -> float64 [d, bits].
 
@@ -126,7 +123,7 @@ class LSHHasher(_Fitted):
     def encode(self, x: np.ndarray) -> np.ndarray:
         """x float [N, d] -> uint8 [N, ceil(bits / 8)] packed codes."""
         xc = self._encode_input(x)
-        return _pack(xc @ self.projection_)
+        return pack_sign_bits(xc @ self.projection_)
 
 
 class PCASignHasher(_Fitted):
@@ -145,7 +142,7 @@ class PCASignHasher(_Fitted):
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """x float [N, d] -> uint8 [N, ceil(bits / 8)] packed codes."""
-        return _pack(self._encode_input(x) @ self.projection_)
+        return pack_sign_bits(self._encode_input(x) @ self.projection_)
 
 
 class ITQHasher(_Fitted):
@@ -200,7 +197,7 @@ class ITQHasher(_Fitted):
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """x float [N, d] -> uint8 [N, ceil(bits / 8)] packed codes."""
-        return _pack(self._encode_input(x) @ self.projection_ @ self.rotation_)
+        return pack_sign_bits(self._encode_input(x) @ self.projection_ @ self.rotation_)
 
 
 #: Name -> hasher class, for scripts and configs.

@@ -15,7 +15,7 @@ Per minibatch of ``m`` pairs (features L2-normalised):
   (mean over entries), i.e. the codes' cosine similarities reconstruct the scaled joint affinity.
 
 ``alpha`` grows during training so that ``tanh`` approaches ``sign`` (the continuation trick used for
-such models). Codes: ``np.packbits`` of the sign bits (bit 1 where the output is > 0), as everywhere.
+such models). Codes: the sign bits packed by :func:`index.codes.pack_sign_bits`, as everywhere.
 Defaults follow the paper's settings (``mu = 1.5``, ``eta = 0.4``, ``beta = 0.6``, ``lambda = 0.1``).
 """
 
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from index.codes import pack_sign_bits
 
 logger = logging.getLogger(__name__)
 
@@ -132,4 +134,4 @@ class DJSRHHasher:
             raise ValueError(f"expected {modality} features of dimension {self.stats[modality][0].shape[0]}, "
                              f"got {arr.shape[1]}")
         out = self.nets[modality](self._prep(modality, arr)).numpy()
-        return np.packbits(out > 0, axis=1)
+        return pack_sign_bits(out)

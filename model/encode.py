@@ -6,8 +6,8 @@ bulk indexing and the HTTP service, so every caller preprocesses exactly the sam
 * Point clouds (validated, normalised [N, 3]: centroid at the origin, max norm 1): resampled to the
   model's point count if needed. Their image counterpart (what a point item is indexed as in the
   image store) is the canonical render from :mod:`model.renderer`.
-* Codes: sign of the hash layer output, packed with ``np.packbits`` (uint8 [B, bits / 8], bit 1 =
-  non-negative output, big-endian within each byte).
+* Codes: sign of the hash layer output, packed by :func:`index.codes.pack_sign_bits` (uint8
+  [B, bits / 8], bit 1 = non-negative output, big-endian within each byte).
 
 On CPU, :meth:`Encoder.set_parallel` runs a model call as chunks of the batch on several threads with
 one intra-op thread each (what the service does): on 2 cores, one input took 3.6 ms (image) / 8.4 ms
@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from index.codes import pack_sign_bits
+
 from .cmah import HashEncoder
 from .cuda_graphs import GraphedCall
 from .device import pick_device
@@ -40,7 +42,7 @@ CPU_PARALLEL_MODES = ("chunks", "intra-op")
 
 def pack_codes(h: torch.Tensor) -> np.ndarray:
     """Continuous codes [B, bits] -> packed sign bits uint8 [B, bits / 8] (bit 1 where h >= 0)."""
-    return np.packbits((h.detach().float().cpu().numpy() >= 0), axis=1)
+    return pack_sign_bits(h.detach().float().cpu().numpy())
 
 
 class Encoder:

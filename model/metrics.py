@@ -1,9 +1,9 @@
 """Retrieval metrics for binary hash codes (Hamming ranking), pure numpy.
 
-Codes are ``np.packbits`` of sign bits: ``uint8 [N, ceil(bits / 8)]`` with bit 1 = positive sign
-(``np.packbits`` pads the last byte with zero bits, which never changes a Hamming distance as long as
-queries and database use the same length). Labels are integer class ids ``[N]``; a database item is
-*relevant* to a query iff it has the same label.
+Codes are packed sign bits as :mod:`index.codes` makes them: ``uint8 [N, ceil(bits / 8)]``, the last
+byte padded with zero bits (which never changes a Hamming distance as long as queries and database use
+the same length); the distances themselves come from :func:`index.codes.hamming_words`. Labels are
+integer class ids ``[N]``; a database item is *relevant* to a query iff it has the same label.
 
 Ranking convention (every function here): the database is sorted by Hamming distance to the query,
 ascending, and items at equal distance keep database order (a stable sort). ``map_at_k_tie_aware``
@@ -26,13 +26,12 @@ from typing import Literal
 
 import numpy as np
 
+from index.codes import code_words, hamming_words
+
 logger = logging.getLogger(__name__)
 
 #: Queries per chunk; a chunk holds a few ``[chunk, N]`` arrays (~10-20 MB at N = 8,243).
 DEFAULT_CHUNK = 256
-
-#: Popcount of every byte value, for numpy builds without ``np.bitwise_count`` (numpy < 2.0).
-_POPCOUNT_LUT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 __all__ = [
     "average_precision_at_k",
@@ -82,27 +81,6 @@ def _chunks(n: int, chunk: int) -> Iterator[slice]:
         yield slice(start, min(start + chunk, n))
 
 
-def _as_words(codes: np.ndarray) -> np.ndarray:
-    """uint8 [N, B] -> uint64 [N, ceil(B / 8)] (zero padded), for a word-wise XOR + popcount."""
-    n, b = codes.shape
-    n_words = max(1, -(-b // 8))
-    padded = np.zeros((n, n_words * 8), dtype=np.uint8)
-    padded[:, :b] = codes
-    return padded.view(np.uint64)
-
-
-def _hamming_block(q_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
-    """q_words uint64 [q, W], db_words uint64 [N, W] -> int32 [q, N] Hamming distances."""
-    out = np.zeros((q_words.shape[0], db_words.shape[0]), dtype=np.int32)
-    for w in range(q_words.shape[1]):  # W is 1 for <= 64-bit codes
-        x = q_words[:, w, None] ^ db_words[None, :, w]  # uint64 [q, N]
-        if hasattr(np, "bitwise_count"):
-            out += np.bitwise_count(x)
-        else:  # pragma: no cover - numpy < 2.0
-            out += _POPCOUNT_LUT[x[..., None].view(np.uint8)].sum(axis=-1, dtype=np.int32)
-    return out
-
-
 def _iter_blocks(
     q_codes: np.ndarray,
     db_codes: np.ndarray,
@@ -114,9 +92,9 @@ def _iter_blocks(
     q, db = _check_codes(q_codes, db_codes)
     ql = _check_labels(q_labels, q.shape[0], "query")
     dl = _check_labels(db_labels, db.shape[0], "database")
-    qw, dw = _as_words(q), _as_words(db)
+    qw, dw = code_words(q), code_words(db)
     for sl in _chunks(q.shape[0], chunk):
-        yield sl, _hamming_block(qw[sl], dw), ql[sl, None] == dl[None, :]
+        yield sl, hamming_words(qw[sl], dw), ql[sl, None] == dl[None, :]
 
 
 def _n_bits(codes: np.ndarray) -> int:
@@ -155,9 +133,9 @@ def hamming_matrix(q_codes: np.ndarray, db_codes: np.ndarray, chunk: int = DEFAU
     """
     q, db = _check_codes(q_codes, db_codes)
     out = np.empty((q.shape[0], db.shape[0]), dtype=np.int32)
-    qw, dw = _as_words(q), _as_words(db)
+    qw, dw = code_words(q), code_words(db)
     for sl in _chunks(q.shape[0], chunk):
-        out[sl] = _hamming_block(qw[sl], dw)
+        out[sl] = hamming_words(qw[sl], dw)
     return out
 
 

@@ -27,6 +27,8 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from index.codes import unpack_sign_bits  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["class_colors", "plot_loss_curves", "plot_pr_curves", "plot_precision_at_k", "plot_tsne"]
@@ -149,7 +151,7 @@ def _unpack_pm1(codes: np.ndarray, bits: int | None) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise ValueError(f"codes must be packed uint8 [N, B], got {arr.dtype} {arr.shape}")
     n_bits = 8 * arr.shape[1] if bits is None else int(bits)
-    return np.unpackbits(arr, axis=1)[:, :n_bits].astype(np.float32) * 2.0 - 1.0
+    return unpack_sign_bits(arr, n_bits).astype(np.float32)
 
 
 def plot_tsne(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,12 +15,18 @@ from index import codes as codes_mod
 from index.codes import (
     BITS_CHOICES,
     as_codes,
+    code_words,
     codes_to_hex,
     hamming_distances,
+    hamming_words,
     hex_to_codes,
+    pack_sign_bits,
     pack_signs,
     unpack_codes,
+    unpack_sign_bits,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 bits_st = st.sampled_from(BITS_CHOICES)
 
@@ -26,9 +35,10 @@ def test_pack_signs_bit_order_and_zero() -> None:
     x = np.full((1, 16), -1.0)
     x[0, 0] = 2.0  # most significant bit of byte 0
     x[0, 15] = 0.5  # least significant bit of byte 1
-    x[0, 7] = 0.0  # zero counts as negative
-    np.testing.assert_array_equal(pack_signs(x), [[0b1000_0000, 0b0000_0001]])
-    assert pack_signs(np.zeros(32)).tolist() == [[0, 0, 0, 0]]
+    x[0, 7] = 0.0  # zero counts as non-negative: bit 1, as the encoder has always packed it
+    np.testing.assert_array_equal(pack_signs(x), [[0b1000_0001, 0b0000_0001]])
+    assert pack_signs(np.zeros(32)).tolist() == [[255, 255, 255, 255]]
+    assert pack_signs(-np.ones(32)).tolist() == [[0, 0, 0, 0]]
     assert pack_signs(np.ones((2, 64), dtype=np.int64)).shape == (2, 8)
 
 
@@ -50,7 +60,7 @@ def test_pack_unpack_roundtrip(data: st.DataObject, bits: int) -> None:
     assert packed.dtype == np.uint8 and packed.shape == (n, bits // 8)
     signs = unpack_codes(packed, bits)
     assert signs.dtype == np.int8
-    np.testing.assert_array_equal(signs, np.where(x > 0, 1, -1))
+    np.testing.assert_array_equal(signs, np.where(x >= 0, 1, -1))
     np.testing.assert_array_equal(pack_signs(signs), packed)
 
 
@@ -119,3 +129,32 @@ def test_as_codes_accepts_single_code_and_bytes() -> None:
     assert as_codes(b"\x01\x02", 16).tolist() == [[1, 2]]
     with pytest.raises(ValueError):
         as_codes(np.zeros(4, dtype=np.uint8), 7)
+
+
+@pytest.mark.parametrize("n_bits", [1, 7, 12, 24, 40, 72, 130])
+@pytest.mark.parametrize("table", [False, True], ids=["bitwise_count", "table"])
+def test_low_level_functions_take_any_length(n_bits: int, table: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the baselines and the metrics use: any number of bits, the last byte padded with zeros."""
+    if table:
+        monkeypatch.setattr(codes_mod, "_HAS_BITWISE_COUNT", False)
+    rng = np.random.default_rng(n_bits)
+    x = rng.standard_normal((9, n_bits))
+    x[0, 0] = 0.0
+    packed = pack_sign_bits(x)
+    assert packed.shape == (9, -(-n_bits // 8)) and packed[0, 0] >> 7 == 1
+    assert not np.unpackbits(packed, axis=1)[:, n_bits:].any()
+    np.testing.assert_array_equal(unpack_sign_bits(packed, n_bits), np.where(x >= 0, 1, -1))
+    signs = x >= 0
+    expected = (signs[:4, None, :] != signs[None, :, :]).sum(-1)
+    np.testing.assert_array_equal(hamming_words(code_words(packed[:4]), code_words(packed)), expected)
+
+
+def test_packbits_has_one_home() -> None:
+    """Sign bits are packed in index/codes.py only, so every code in the project follows one rule."""
+    callers = sorted(
+        str(path.relative_to(REPO))
+        for package in ("model", "index", "service")
+        for path in (REPO / package).rglob("*.py")
+        if re.search(r"\bnp\.packbits\(", path.read_text())
+    )
+    assert callers == ["index/codes.py"]
