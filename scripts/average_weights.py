@@ -9,8 +9,7 @@ averaged the same way, integer buffers (BatchNorm's batch counters) come from th
 inputs must have the same config; each is verified by the loader (sha256, config) first. The
 manifest is the first input's, with ``files`` rewritten and a ``weight_average`` record (the
 inputs' weights ids and the coefficients); evaluate the result with ``cmah eval`` before shipping it.
-The shipped weights have been made this way since 4d184c4 (README's "How the shipped model was made",
-docs/model.md).
+The shipped weights have been made this way since 4d184c4 (docs/training-log.md, docs/model.md).
 
 Exit status 2 with a one-line message for a bad input (missing or corrupt weights, mismatched
 configs, wrong number of coefficients); nothing is written then.
