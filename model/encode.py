@@ -10,10 +10,9 @@ bulk indexing and the HTTP service, so every caller preprocesses exactly the sam
   [B, bits / 8], bit 1 = non-negative output, big-endian within each byte).
 
 On CPU, :meth:`Encoder.set_parallel` runs a model call as chunks of the batch on several threads with
-one intra-op thread each (what the service does): on 2 cores, one input took 3.6 ms (image) / 8.4 ms
-(points) with one thread against 7.3 / 12.2 ms with two, and a batch of 32 split in two went ~1.2–1.4x
-faster than one call with two intra-op threads. On a GPU with ``CMAH_CUDA_GRAPHS=1``, batches of up to 8
-replay a CUDA graph of the encoder (:mod:`model.cuda_graphs`; off by default until measured on a GPU).
+one intra-op thread each (what the service does; on a small machine this beats one call with several
+intra-op threads, measured in docs/benchmarks.md). On a GPU with ``CMAH_CUDA_GRAPHS=1``, batches of up
+to 8 replay a CUDA graph of the encoder (:mod:`model.cuda_graphs`; off by default until measured on a GPU).
 """
 
 from __future__ import annotations

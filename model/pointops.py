@@ -15,7 +15,7 @@ def farthest_point_sample(points: torch.Tensor, m: int) -> torch.Tensor:
 
     Deterministic (no random start), so encoding a cloud twice gives the same groups. On CPU the loop
     runs on one coordinate plane at a time (``_fps_planar``: the same distances bit for bit, so the
-    same indices; 8.8 vs 28 ms for 16 clouds on one core); elsewhere on [B, N, 3] (``_fps_batched``:
+    same indices, about 3x faster on a CPU: docs/benchmarks-service.md); elsewhere on [B, N, 3] (``_fps_batched``:
     fewer kernels per step, which is what counts on a GPU).
     """
     b, n, _ = points.shape
