@@ -1,4 +1,5 @@
-"""Each plot function writes a readable, non-empty PNG."""
+"""Each plot function writes a readable PNG of a sensible size with something drawn on it: axes and
+text (dark pixels) and coloured curves or points, not a blank or single-colour canvas."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ def assert_png(path: Path) -> None:
         im.verify()
     with Image.open(path) as im:
         assert im.format == "PNG"
-        assert im.size[0] > 0 and im.size[1] > 0
+        assert im.size[0] >= 300 and im.size[1] >= 200, im.size
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    drawn = (rgb < 235).any(axis=-1).mean()  # anything but the white canvas
+    dark = (rgb < 80).all(axis=-1).mean()  # axes, ticks and text
+    coloured = (rgb.max(axis=-1) - rgb.min(axis=-1) > 60).mean()  # curves, markers
+    assert 0.01 < drawn < 0.9, f"{path.name}: {drawn:.1%} of the pixels drawn"
+    assert dark > 0.001, f"{path.name}: no axes or text ({dark:.2%} dark pixels)"
+    assert coloured > 0.001, f"{path.name}: nothing in colour ({coloured:.2%} of the pixels)"
 
 
 def test_plot_precision_at_k(tmp_path: Path) -> None:
