@@ -43,9 +43,16 @@ def load_demo_set() -> PointDataset:
 
 
 def encode_demo_set(encoder: Encoder, demo: PointDataset) -> dict[str, np.ndarray]:
-    """``{"image_<bits>" | "points_<bits>": uint8 codes}`` of the demo gallery, as the service makes them."""
+    """``{"image_<bits>" | "points_<bits>": uint8 codes}`` of the demo gallery, as the service makes them
+    (batches split over 2 threads; the codes do not depend on the threads). Leaves torch's thread count
+    as it found it."""
+    threads = torch.get_num_threads()
     encoder.use_cpu_threads(2)
-    return encoder.encode_point_dataset(demo.points, progress=False)
+    try:
+        return encoder.encode_point_dataset(demo.points, progress=False)
+    finally:
+        encoder.set_parallel(1)
+        torch.set_num_threads(threads)
 
 
 def _fragile_bits(encoder: Encoder, demo: PointDataset, codes: dict[str, np.ndarray]) -> dict[str, list[int]]:
