@@ -42,6 +42,7 @@ GEOMETRY_FILE = "geometry_cache.npz"
 #: on a time budget, a due neighbour-graph rebuild is skipped (the current graph kept) when less than
 #: this many times the last build's duration is left: the few steps it would serve cannot repay it
 GRAPH_REBUILD_MIN_LEFT = 4.0
+SNAPSHOT_DIR = "snapshots"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,17 @@ class TrainConfig:
     neighbour_alpha: float = 0.5
     #: rebuild the neighbour graph from the current model every this many epochs (and on --resume)
     neighbour_refresh_epochs: int = 4
+    #: a step-based run (``cmah train --recipe``): the total optimiser steps. Warm-up and cosine run
+    #: over steps, the run ends at exactly this step, and --resume restores the neighbour graph instead
+    #: of rebuilding it (an exact resume). None: ``epochs`` / ``time_budget_min`` as above
+    steps: int | None = None
+    warmup_steps: int = 0                # with ``steps``: linear warm-up over this many steps
+    #: with ``steps``: rebuild the neighbour graph every this many steps (None: every
+    #: ``neighbour_refresh_epochs`` epochs' worth of steps)
+    neighbour_refresh_steps: int | None = None
+    #: save the model's weights every this many steps under snapshots/ (0: never), for a recipe's
+    #: weight-averaging stage
+    snapshot_every: int = 0
 
 
 def render_config_for(cfg: CMAHConfig) -> RenderConfig:
@@ -118,19 +130,36 @@ def shape_geometry(points: np.ndarray, k: int, batch: int = 64, desc: str = "nor
     return normals, spacing
 
 
+def _cosine(tc: TrainConfig, t: float) -> float:
+    """The cosine from ``lr`` (t = 0) down to ``min_lr`` (t >= 1)."""
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def lr_at_step(step: int, tc: TrainConfig) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of a step-based run (``tc.steps``): linear
+    warm-up over ``warmup_steps``, then a cosine that reaches ``min_lr`` at the last step."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    return _cosine(tc, (step - tc.warmup_steps) / max((tc.steps or 0) - 1 - tc.warmup_steps, 1))
+
+
+def snapshot_path(out_dir: str | Path, step: int) -> Path:
+    """Where a run saves its model weights at ``step`` (``TrainConfig.snapshot_every``)."""
+    return Path(out_dir) / SNAPSHOT_DIR / f"step-{step:08d}.pt"
+
+
 def lr_at(epoch: float, tc: TrainConfig, time_frac: float | None = None) -> float:
     """Learning rate at a (fractional) epoch; ``time_frac`` (elapsed / budget) drives the cosine instead
     of the epoch when training on a time budget."""
     if epoch < tc.warmup_epochs:
         return tc.lr * max(epoch / tc.warmup_epochs, 1e-3)
     if time_frac is not None:
-        return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(time_frac, 1.0)))
+        return _cosine(tc, time_frac)
     if tc.schedule == "step":
         return max(tc.lr * 0.1 ** int(epoch // tc.step_epochs), tc.min_lr)
     if tc.schedule != "cosine":
         raise ValueError(f"unknown schedule {tc.schedule!r}")
-    t = (epoch - tc.warmup_epochs) / max(tc.epochs - tc.warmup_epochs, 1e-9)
-    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+    return _cosine(tc, (epoch - tc.warmup_epochs) / max(tc.epochs - tc.warmup_epochs, 1e-9))
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -141,10 +170,14 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: CMAHConfig, tc: TrainConfig, data: PointDataset | str | Path, out_dir: str | Path,
-                 device: str = "auto", resume: bool = False, show_progress: bool = True):
+                 device: str = "auto", resume: bool = False, show_progress: bool = True,
+                 geometry_cache: str | Path | None = None):
+        """``geometry_cache``: the render-geometry cache file (default: GEOMETRY_FILE in ``out_dir``;
+        a recipe's stages share one)."""
         self.cfg, self.tc = cfg, tc
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.geometry_file = Path(geometry_cache) if geometry_cache else self.out / GEOMETRY_FILE
         self.device = pick_device(device)
         self.data = data if isinstance(data, PointDataset) else load_dataset(data)
         self.split = make_split(len(self.data), n_train=tc.n_train, holdout=tc.holdout)
@@ -159,6 +192,8 @@ class Trainer:
         if tc.neighbours and not 1 <= tc.neighbours < len(self.split.train):
             raise ValueError(f"--neighbours must lie in [1, {len(self.split.train) - 1}] for "
                              f"{len(self.split.train)} training shapes, got {tc.neighbours}")
+        if tc.steps is not None:
+            self._check_step_settings(tc)
         self.train_idx = self.split.train
         self.show_progress = show_progress
         torch.manual_seed(tc.seed)
@@ -172,6 +207,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.graph: NeighbourGraph | None = None
         self.graph_epoch = -1      # epoch the graph was last built, or kept at a skipped rebuild
+        self.graph_step = -1       # step the graph was last built (step-based runs)
         self.graph_builds: list[dict[str, float]] = []
         ckpt = self.out / CHECKPOINT_FILE
         if resume and ckpt.is_file():
@@ -186,10 +222,21 @@ class Trainer:
         if tc.compile:
             self.step_fn = torch.compile(self.model.forward_loss)
 
+    @staticmethod
+    def _check_step_settings(tc: TrainConfig) -> None:
+        if tc.steps is None or tc.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {tc.steps}")
+        if not 0 <= tc.warmup_steps < tc.steps:
+            raise ValueError(f"warmup_steps must lie in [0, steps), got {tc.warmup_steps}")
+        if tc.time_budget_min is not None:
+            raise ValueError("a step-based run (steps) cannot also have a time budget")
+        if tc.neighbour_refresh_steps is not None and tc.neighbour_refresh_steps < 1:
+            raise ValueError(f"neighbour_refresh_steps must be >= 1, got {tc.neighbour_refresh_steps}")
+
     # --- data -------------------------------------------------------------------------------------
     def _geometry(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-shape normals and spacing for rendering, cached next to the checkpoints."""
-        path = self.out / GEOMETRY_FILE
+        path = self.geometry_file
         if path.is_file():
             with np.load(path) as z:
                 if str(z["sha"]) == self.data.sha256 and z["normals"].shape == self.data.points.shape:
@@ -232,6 +279,9 @@ class Trainer:
         """Whether to (re)build the neighbour graph now; ``left_s``: time-budget seconds still left."""
         if self.graph is None:
             return True
+        if self.tc.steps is not None:
+            every = self.tc.neighbour_refresh_steps or self.tc.neighbour_refresh_epochs * self.steps_per_epoch()
+            return self.step - self.graph_step >= every
         if self.epoch - self.graph_epoch < self.tc.neighbour_refresh_epochs:
             return False
         last = self.graph_builds[-1]["seconds"] if self.graph_builds else 0.0
@@ -253,7 +303,7 @@ class Trainer:
             images, points = self.batch(np.sort(perm[i * bs:(i + 1) * bs]), normals, spacing)
             return images, points, None
         if self.graph_due(left_s):
-            self.graph, self.graph_epoch = self.build_graph(), self.epoch
+            self.graph, self.graph_epoch, self.graph_step = self.build_graph(), self.epoch, self.step
         half = min(tc.batch_size, n) // 2
         perm = np.random.default_rng(tc.seed + self.epoch).permutation(n)
         pos = self.graph.batch(perm[i * half:(i + 1) * half], np.random.default_rng([tc.seed, self.epoch, i]))
@@ -261,10 +311,15 @@ class Trainer:
         return images, points, self.graph.mask(pos).to(self.device)
 
     # --- checkpoints ------------------------------------------------------------------------------
-    def _read_checkpoint(self, path: Path, remedy: str) -> dict[str, Any]:
-        """A checkpoint of this model config (else ``ValueError`` ending with ``remedy``)."""
+    def _read_checkpoint(self, path: Path, remedy: str, any_loss: bool = False) -> dict[str, Any]:
+        """A checkpoint of this model config (else ``ValueError`` ending with ``remedy``); with
+        ``any_loss``, of this architecture: the objective (``loss``) may differ."""
         ck = torch.load(path, map_location=self.device, weights_only=False)
-        if CMAHConfig.from_dict(ck.get("model_config", {})).to_dict() != self.cfg.to_dict():
+        theirs = CMAHConfig.from_dict(ck.get("model_config", {})).to_dict()
+        ours = self.cfg.to_dict()
+        if any_loss:
+            theirs["loss"] = ours["loss"]
+        if theirs != ours:
             raise ValueError(f"{path}: checkpoint was trained with a different model config; {remedy}")
         return ck
 
@@ -274,7 +329,12 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.step, self.epoch, self.history = ck["step"], ck["epoch"], ck["history"]
         self.elapsed_before = ck.get("elapsed_s", 0.0)
-        self.graph_builds = list(ck.get("neighbour_graphs", []))   # the graph itself is rebuilt on resume
+        self.graph_builds = list(ck.get("neighbour_graphs", []))
+        knn = ck.get("neighbour_knn")
+        if self.tc.steps is not None and knn is not None and knn.shape == (len(self.train_idx), self.tc.neighbours):
+            self.graph = NeighbourGraph(knn)       # step-based: the same graph, an exact resume
+            self.graph_epoch, self.graph_step = ck["graph_epoch"], ck["graph_step"]
+        # otherwise the graph is rebuilt from the resumed model at the first step
         self.gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
@@ -282,18 +342,21 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         """Model weights of another run (its optimiser, schedule and step count are not taken).
 
-        ``path`` is a training checkpoint (every module is taken) or an inference weights directory
-        such as ``weights/`` (the encoders are taken, and the hash heads when they are of this
-        model's kind; fusion blocks and decoders, which inference weights lack, start fresh).
+        ``path`` is a training checkpoint of this architecture (every module both models have is
+        taken: its loss switches may differ, so a model without decoders starts them fresh) or an
+        inference weights directory such as ``weights/`` (the encoders are taken, and the hash heads
+        when they are of this model's kind; fusion blocks and decoders, which inference weights
+        lack, start fresh).
         """
         if path.is_dir():
             self._init_from_weights(path)
             return
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint or weights directory (--init-from)")
-        ck = self._read_checkpoint(path, "--init-from needs the same --config/--ablation")
-        self.model.load_state_dict(ck["model"])
-        log.info("initialised from %s (its step %d)", path, ck.get("step", 0))
+        ck = self._read_checkpoint(path, "--init-from needs the same --config", any_loss=True)
+        fresh, dropped = self.model.load_state_dict(ck["model"], strict=False)
+        log.info("initialised from %s (its step %d); fresh: %s, not taken: %s", path, ck.get("step", 0),
+                 sorted({k.split(".")[0] for k in fresh}), sorted({k.split(".")[0] for k in dropped}))
 
     def _init_from_weights(self, path: Path) -> None:
         src = load_weights(path, device=self.device)           # verifies sha256 and config
@@ -319,8 +382,17 @@ class Trainer:
             "model_config": self.cfg.to_dict(), "train_config": dataclasses.asdict(self.tc),
             "step": self.step, "epoch": self.epoch, "history": self.history, "elapsed_s": elapsed,
             "neighbour_graphs": self.graph_builds,
+            "neighbour_knn": None if self.graph is None else self.graph.knn,
+            "graph_epoch": self.graph_epoch, "graph_step": self.graph_step,
             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
         }, self.out / CHECKPOINT_FILE)
+
+    def save_snapshot(self) -> None:
+        """The model's weights at this step (``snapshot_every``), for weight averaging."""
+        path = snapshot_path(self.out, self.step)
+        path.parent.mkdir(exist_ok=True)
+        _atomic_torch_save({"model": self.model.state_dict(), "model_config": self.cfg.to_dict(),
+                            "step": self.step}, path)
 
     # --- loop -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -337,15 +409,20 @@ class Trainer:
         stopped = "completed"
         use_amp = tc.amp and self.device.type == "cuda"
         self.model.train()
-        while self.epoch < tc.epochs:
+        while self.epoch < tc.epochs if tc.steps is None else self.step < tc.steps:
             start = self.step - self.epoch * steps_per_epoch           # resume inside an epoch
-            bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {self.epoch + 1}/{tc.epochs}",
+            # a step-based run ends at exactly tc.steps, inside an epoch or not
+            end = steps_per_epoch if tc.steps is None else min(steps_per_epoch, start + tc.steps - self.step)
+            bar = tqdm(range(start, end), desc=f"epoch {self.epoch + 1}/{tc.epochs if tc.steps is None else '-'}",
                        unit="step", disable=not self.show_progress, leave=False)
             for i in bar:
                 left = budget_s - spent_s() if budget_s else None
                 images, points, neighbours = self.step_batch(i, normals, spacing, left)
                 frac = spent_s() / budget_s if budget_s else None      # graph builds count in the budget
-                lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)
+                if tc.steps is None:
+                    lr = lr_at(self.epoch + i / steps_per_epoch, tc, frac)
+                else:
+                    lr = lr_at_step(self.step, tc)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -356,6 +433,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
                 self.opt.step()
                 self.step += 1
+                if tc.snapshot_every and self.step % tc.snapshot_every == 0:
+                    self.save_snapshot()
                 if self.step % tc.log_every == 0 or self.step == 1:
                     row = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 4),
                            "loss": float(out.loss.detach()), "lr": lr,
@@ -379,7 +458,7 @@ class Trainer:
                     stopped = "time_budget"
                     break
             bar.close()
-            if stopped != "completed":
+            if stopped != "completed" or end < steps_per_epoch:
                 break
             self.epoch += 1
             log.info("epoch %d done, loss %.4f", self.epoch, self.history[-1]["loss"] if self.history else float("nan"))

@@ -113,6 +113,54 @@ def _is_image_file(path: Path) -> bool:
 
 
 # --- train -----------------------------------------------------------------------------------------
+#: ``cmah train`` options that go with ``--recipe`` (the recipe sets every other one)
+_RECIPE_RUN_OPTIONS = frozenset({"recipe", "data", "out", "resume", "device", "threads", "quiet", "max_steps",
+                                 "time_limit_min"})
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: Sequence[str], dests: Sequence[str]) -> set[str]:
+    """Which of ``dests`` the sub-command arguments ``argv`` set explicitly (a default value included)."""
+    unset = object()
+    seen = argparse.Namespace(**dict.fromkeys(dests, unset))
+    parser.parse_known_args(argv, seen)
+    return {d for d in dests if getattr(seen, d) is not unset}
+
+
+def _train_recipe(args: argparse.Namespace) -> int:
+    """``cmah train --recipe NAME|PATH``: every stage of a recipe file (model.recipe)."""
+    from model.device import set_cpu_threads
+    from model.recipe import RecipeError, load_recipe, run_recipe
+
+    own = args.argv[args.argv.index(args.command) + 1:]
+    given = _given_options(args.train_parser, own, list(vars(args)))
+    clash = sorted(given - _RECIPE_RUN_OPTIONS)
+    if clash:
+        flags = ", ".join("--" + d.replace("_", "-") for d in clash)
+        raise CLIError(f"--recipe sets the model and training settings: drop {flags} (or --recipe)")
+    try:                                 # a bad recipe, or a setting the trainer refuses: one line
+        recipe = load_recipe(args.recipe)
+        data = args.data or recipe.data_path
+        if not data:
+            raise CLIError(f"--data is required: recipe {recipe.name!r} names no data file ([data] path)")
+        if not Path(data).is_file():
+            raise CLIError(f"{data}: no such dataset file")
+        out = Path(args.out if "out" in given else f"runs/{recipe.name}")
+        set_cpu_threads(args.threads)
+        run = run_recipe(recipe, data, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
+                         time_limit_min=args.time_limit_min, show_progress=not args.quiet)
+    except ValueError as exc:
+        if type(exc) not in (ValueError, RecipeError):
+            raise
+        raise CLIError(str(exc)) from None
+    if run.stopped != "completed":
+        print(f"{run.stopped}: {run.steps} steps of recipe {recipe.name}; continue with "  # noqa: T201
+              f"--recipe {args.recipe} --out {out} --resume")
+    else:
+        print(f"completed: recipe {recipe.name}, {len(recipe.stages)} stages, {run.steps} steps; "  # noqa: T201
+              f"weights in {run.weights}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -120,6 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.device import set_cpu_threads
     from model.train import TrainConfig, Trainer
 
+    if args.recipe:
+        return _train_recipe(args)
+    if not args.data:
+        raise CLIError("--data is required (or a --recipe that names its data file)")
     cfg = get_config(args.config).with_loss(**ABLATIONS[args.ablation], contrastive=args.contrastive,
                                             temperature=args.temperature)
     if args.image_size:
@@ -325,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train the encoders and hash layers (unsupervised)")
-    t.add_argument("--data", required=True, help="dataset .npz (points, labels, names, classes)")
+    t.add_argument("--recipe", metavar="NAME|PATH",
+                   help="run a recipe file: a shipped one (model/recipes/: tiny, cpu, gpu) or a path; it sets "
+                   "the model and every training setting, so only --data, --out (default runs/NAME), "
+                   "--resume, --device, --threads, --quiet, --max-steps and --time-limit-min (both: stop, "
+                   "resumable, counting all stages) go with it (docs/model.md, \"Recipes\")")
+    t.add_argument("--data", help="dataset .npz (points, labels, names, classes); required unless the "
+                   "recipe names one")
     t.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs, weights/)")
     t.add_argument("--config", default="cpu", help="model preset: cpu (default), paper, tiny")
     t.add_argument("--ablation", default="full", choices=["full", "cl+mr", "cl-f+cl-m", "cl-f"],
@@ -370,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from another run's checkpoint.pt (every module) or a weights directory "
                    "such as weights/ (encoders; fresh fusion and decoders); fresh optimiser and schedule")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, train_parser=t)
 
     f = sub.add_parser("refit-heads", help="re-fit the hash layers on the frozen encoders' features "
                        "(second training stage; writes a new weights directory)")
@@ -467,7 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # other processes running) spinning threads slowed training steps ~3x in our measurements. It must
     # be set before torch loads its OpenMP runtime, so before any torch import (they are all lazy here).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv                                 # for `cmah train --recipe`: which options were given
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     return _fail_on_user_errors(args.func)(args)
