@@ -12,6 +12,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.encode import Encoder
+    from model.evaluate import EvalData
 
 log = logging.getLogger("cmah")
 
@@ -258,6 +263,26 @@ def cmd_refit_heads(args: argparse.Namespace) -> int:
 
 
 # --- eval ------------------------------------------------------------------------------------------
+def _eval_robustness(args: argparse.Namespace, enc: Encoder, data: EvalData) -> int:
+    """``cmah eval --robustness``: the perturbed-query table (markdown) and ``{"robustness": ...}`` JSON."""
+    from model.evaluate import device_name, write_json
+    from model.robustness import format_robustness_table, robustness
+    from model.weights import SHIPPED_WEIGHTS_DIR
+
+    try:
+        res = robustness(enc, data, max(args.bits), args.topk, progress=not args.quiet)
+    except ValueError as exc:
+        if type(exc) is not ValueError:
+            raise
+        raise CLIError(str(exc)) from None
+    print(format_robustness_table(res))  # noqa: T201
+    if args.json:
+        weights = {"dir": str(args.weights or SHIPPED_WEIGHTS_DIR), "id": enc.weights_id, "config": enc.cfg.name}
+        write_json({"robustness": res, "weights": weights, "device": device_name(enc.device, enc.workers)},
+                   args.json)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from model.device import set_cpu_threads
     from model.encode import Encoder
@@ -274,6 +299,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     weights = args.weights or SHIPPED_WEIGHTS_DIR
     enc = Encoder.from_weights(weights, args.device)
     enc.use_cpu_threads(threads)                     # as the service: batches split over the threads
+    if args.robustness:
+        return _eval_robustness(args, enc, data)
     extra = {}
     for spec in args.baseline_weights or []:
         name, _, wdir = spec.partition("=")
@@ -470,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--robustness", action="store_true",
+                   help="instead of the usual tables: image->points mAP at the largest --bits with the "
+                   "query pictures changed (grey, 48 px, JPEG, 2048 px, random view, eval-only styles; "
+                   "model.robustness), each with its ratio to the canonical picture's")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("encode", help="print the hash code of an image or 3D file (hex, last line)")
