@@ -9,6 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: The ``method`` label values besides ``other``: any other method name a client invents is counted as
+#: ``other``, so that it cannot add series (the label set stays bounded).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Metrics:
@@ -39,7 +42,8 @@ class Metrics:
 
 
 class LatencyMiddleware:
-    """Records ``cmah_request_duration_seconds`` per route template (e.g. ``/api/v1/items/{item_id}``)."""
+    """Records ``cmah_request_duration_seconds`` per route template (e.g. ``/api/v1/items/{item_id}``), with
+    the standard method names (others are ``other``); unmatched paths share the route ``unmatched``."""
 
     def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None]):
         self.app = app
@@ -65,5 +69,6 @@ class LatencyMiddleware:
             if metrics is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", None) or "unmatched"
-                metrics.request_seconds.labels(method=scope.get("method", ""), route=path,
+                method = scope.get("method", "")
+                metrics.request_seconds.labels(method=method if method in HTTP_METHODS else "other", route=path,
                                                status=str(status)).observe(time.perf_counter() - t0)
