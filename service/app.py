@@ -236,7 +236,8 @@ def create_app(settings: Settings | None = None, *, store_checked: bool = False)
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, idle_timeout=settings.body_timeout_s,
                        total_timeout=settings.body_total_timeout_s)
-    app.add_middleware(AdminGuardMiddleware, token=settings.admin_token)  # before any admin body is read
+    app.add_middleware(AdminGuardMiddleware, token=settings.admin_token,  # before any admin body is read
+                       routes=app.router.routes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

@@ -9,8 +9,10 @@ alone would let anyone send up to ``CMAH_MAX_JOB_UPLOAD_BYTES`` before being ref
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
 from pydantic import SecretStr
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import APIError, error_response
@@ -35,16 +37,29 @@ def admin_refusal(token: SecretStr | None, authorization: str) -> APIError | Non
     return None
 
 
-class AdminGuardMiddleware:
-    """Answers requests under :data:`ADMIN_PREFIX` without the admin token before any of their body is read."""
+def _wrong_method_only(routes: Sequence[BaseRoute], scope: Scope) -> bool:
+    """The path is a route's but none takes the request's method: the app answers 405 without reading the body."""
+    matches = {route.matches(scope)[0] for route in routes}
+    return Match.PARTIAL in matches and Match.FULL not in matches
 
-    def __init__(self, app: ASGIApp, token: SecretStr | None, prefix: str = ADMIN_PREFIX):
+
+class AdminGuardMiddleware:
+    """Answers requests under :data:`ADMIN_PREFIX` without the admin token before any of their body is read.
+
+    A method that no admin route takes at that path (``OPTIONS``, ``PUT`` ...) is let through to the app's
+    405 with ``Allow``: ``routes`` are the app's routes. Unknown admin paths still need the token.
+    """
+
+    def __init__(self, app: ASGIApp, token: SecretStr | None, routes: Sequence[BaseRoute] = (),
+                 prefix: str = ADMIN_PREFIX):
         self.app = app
         self.token = token
+        self.routes = routes
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith(self.prefix):
+        if (scope["type"] == "http" and scope.get("path", "").startswith(self.prefix)
+                and not _wrong_method_only(self.routes, scope)):
             header = next((v for k, v in scope.get("headers") or [] if k.lower() == b"authorization"), b"")
             refusal = admin_refusal(self.token, header.decode("latin-1"))
             if refusal is not None:

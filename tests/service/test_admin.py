@@ -39,6 +39,19 @@ def test_admin_auth(client, headers, status, code):
         assert (r.status_code, r.json()["error"]) == (status, code)
 
 
+@pytest.mark.parametrize("headers", [{}, admin_headers()], ids=["no-token", "token"])
+def test_unsupported_methods_on_admin_routes_are_405(client, headers):
+    """A method an admin route does not take is 405 (with ``Allow``), token or not; unknown admin paths and
+    the methods the routes take still need the token."""
+    for method, url, allow in (("OPTIONS", JOBS, "POST"), ("PUT", f"{JOBS}/x", "GET"),
+                               ("PATCH", "/api/v1/admin/items/1", "DELETE"), ("PUT", f"{JOBS}/from-path", "POST")):
+        r = client.request(method, url, headers=headers)
+        assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed"), (method, url, r.text)
+        assert allow in r.headers["allow"]
+    r = client.options("/api/v1/admin/no-such-route")
+    assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
+
+
 @pytest.mark.parametrize(("token", "status"), [(None, 401), ("wrong-token", 403), ("", 401)])
 def test_admin_refused_before_the_body_is_read(make_settings, tmp_path, token, status):
     """A big upload without the right token is answered at once: not one byte of the body is received."""
