@@ -86,7 +86,7 @@ def make_inputs(enc: Encoder, n: int) -> dict[str, torch.Tensor]:
 
         pts = make_synthetic(n_per_class=-(-n // 8), n_points=1024, seed=0).points
     pts = np.resize(pts.astype(np.float32), (n, *pts.shape[1:]))  # repeats the set cyclically if n > len
-    from model.inputs import normalize_points
+    from model.io import normalize_points
 
     clouds = enc.points_tensor(np.stack([normalize_points(p, n_points=p.shape[0]) for p in pts]))
     images = torch.cat([enc.render_points(clouds[i:i + 64]).cpu() for i in range(0, n, 64)])

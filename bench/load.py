@@ -102,7 +102,7 @@ def make_queries(n: int) -> dict[str, list[bytes]]:
     from PIL import Image
 
     from model.dataset import load_dataset
-    from model.inputs import normalize_points, write_ply
+    from model.io import normalize_points, write_ply
     from model.renderer import RenderConfig, canonical_view, render, to_uint8
 
     torch.set_num_threads(1)

@@ -9,11 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.inputs import InputError
+from model.io import InputError
 
 logger = logging.getLogger(__name__)
 
-#: HTTP status of each :class:`~model.inputs.InputError` code.
+#: HTTP status of each :class:`~model.io.InputError` code.
 INPUT_ERROR_STATUS: dict[str, int] = {
     "empty": 400,
     "truncated": 400,

@@ -106,7 +106,7 @@ def _kind(path: Path) -> str | None:
 def _find(paths: list[str]) -> _Found:
     """Sort the arguments (files, and folders walked recursively in name order) by kind; a file named
     on the command line that does not exist or has an unknown type is an error."""
-    from model.inputs import sniff_kind
+    from model.io import sniff_kind
 
     found = _Found()
     for arg in paths:
@@ -134,7 +134,7 @@ def _find(paths: list[str]) -> _Found:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from model.dataset import load_dataset
-    from model.inputs import InputError, load_points, read_image
+    from model.io import InputError, load_points, read_image
 
     settings = _settings(args)
     found = _find(args.paths)

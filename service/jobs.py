@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from model.dataset import DatasetError
-from model.inputs import InputError, load_points, read_image
+from model.io import InputError, load_points, read_image
 
 from .indexing import ItemWriter
 

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from index.records import ItemRecord
-from model.inputs import write_ply
+from model.io import write_ply
 
 from ..errors import APIError
 from ..schemas import ErrorBody, Item

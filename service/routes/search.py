@@ -11,7 +11,7 @@ from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from index.records import ItemRecord
-from model.inputs import InputError, load_points, read_image, sniff_kind
+from model.io import InputError, load_points, read_image, sniff_kind
 
 from ..engine import QueueFull
 from ..errors import APIError

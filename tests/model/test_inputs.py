@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
-from model.inputs import (
+from model.io import (
     MAX_POINTS,
     MIN_POINTS,
     POINTS_PER_CLOUD,

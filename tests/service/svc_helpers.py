@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from index.store import HashStore
-from model.inputs import write_ply
+from model.io import write_ply
 
 ADMIN_TOKEN = "s3cret-test-token"
 

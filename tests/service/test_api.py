@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from svc_helpers import brute_force, ply_bytes, png_bytes
 
-from model.inputs import load_points, read_image
+from model.io import load_points, read_image
 from service.app import create_app
 
 GALLERY = 12  # shapes in the demo gallery (conftest.demo_npz)

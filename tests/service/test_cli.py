@@ -13,7 +13,7 @@ from PIL import Image
 
 from model.dataset import load_dataset
 from model.encode import Encoder
-from model.inputs import write_ply
+from model.io import write_ply
 from service.cli import main
 
 CMAH = [sys.executable, "-m", "service.cli"]

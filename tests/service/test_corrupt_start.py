@@ -19,7 +19,7 @@ from svc_helpers import brute_force, free_port, http_status, ply_bytes, png_byte
 from index.errors import StoreCorruptError
 from index.persistence import read_snapshot
 from index.store import CODES_MODEL_KEY, DB_FILENAME, HashStore
-from model.inputs import load_points, read_image
+from model.io import load_points, read_image
 from model.weights import weights_id
 from service.app import create_app
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from svc_helpers import png_bytes
 
-from model.inputs import write_ply
+from model.io import write_ply
 
 #: Pillow warns about the corrupt EXIF blocks that random TIFF bytes contain; the reader ignores them.
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")

@@ -13,7 +13,7 @@ from PIL import Image
 from index.store import CODES_MODEL_KEY, HashStore
 from model.dataset import load_dataset
 from model.encode import Encoder
-from model.inputs import load_points, write_ply
+from model.io import load_points, write_ply
 from model.weights import weights_id
 from service.cli import main
 
