@@ -30,7 +30,7 @@ from index.records import MODALITIES
 from index.store import HashStore
 
 from .auth import AdminGuardMiddleware
-from .codes_model import CodesModelError, check_codes_model, reencode_items, short
+from .codes_model import CodesModelError, check_codes_model, short
 from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
@@ -38,6 +38,7 @@ from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
 from .memory import MemoryTrimmer
 from .metrics import LatencyMiddleware, Metrics
 from .preflight import check_store
+from .reencode import reencode_items
 from .routes import ROUTERS
 from .schemas import ErrorBody
 from .security import SecurityHeadersMiddleware

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from index.store import CODES_MODEL_KEY, HashStore
 
-from .codes_model import CodesModelError, check_codes_model, reencode_items, short
+from .codes_model import CodesModelError, check_codes_model, short
+from .reencode import reencode_items
 from .settings import Settings
 
 logger = logging.getLogger(__name__)

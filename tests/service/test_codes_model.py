@@ -22,10 +22,10 @@ from service.codes_model import (
     CodesModelError,
     ReencodeError,
     check_codes_model,
-    reencode_items,
 )
 from service.indexing import ItemWriter
 from service.preflight import check_store
+from service.reencode import reencode_items
 
 
 def _pictures() -> list[Image.Image]:
@@ -133,7 +133,7 @@ def test_items_without_a_source_are_refused_or_dropped(tmp_path, tiny_weights, o
 
 def test_interrupted_reencode_is_detected_and_finished_by_a_rerun(tmp_path, tiny_weights, other_weights,
                                                                   shape_points, monkeypatch):
-    import service.codes_model as cm
+    import service.reencode as cm
 
     w = _writer(tmp_path, tiny_weights)
     _fill(w, shape_points)
