@@ -1,4 +1,5 @@
-"""Reading uploads under a size limit: the raw request body (middleware) and each file (in chunks)."""
+"""Reading uploads under a size limit: the raw request body (middleware) and each file (in chunks); the
+``file`` part of a one-file form (:data:`OneFile`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from fastapi import UploadFile
+from fastapi import Depends, Request, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, BodyTimeout, BodyTooLarge, error_response
@@ -27,6 +28,38 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
             raise APIError(413, "too_large", f"upload{name} is larger than the limit of {max_bytes} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def content_phrase(found: tuple[str, str]) -> str:
+    """What ``sniff_kind`` found, for a message: ``"a PNG image"``, ``"an OBJ 3D file"``."""
+    kind, fmt = found
+    if kind == "image":
+        return f"{_article(fmt)} {fmt} image"
+    return f"{_article(fmt.upper())} {fmt.upper()} 3D file"
+
+
+def _article(name: str) -> str:
+    # N and X: formats read letter by letter (NPY, XYZ) start with a vowel sound
+    return "an" if name[:1].upper() in tuple("AEIOUNX") else "a"
+
+
+async def one_file_part(request: Request) -> None:
+    """Refuse a form whose ``file`` field is not one file part, before FastAPI's own validation would keep
+    the last of several parts silently (400 ``duplicate_file``) or answer a text field with a type error
+    (422 ``invalid_request`` naming the field). No ``file`` at all is left to FastAPI (422, field required).
+
+    A route dependency: the form is the one FastAPI has already parsed (``request.form()`` caches it).
+    """
+    parts = (await request.form()).getlist("file")
+    if len(parts) > 1:
+        raise APIError(400, "duplicate_file", f"{len(parts)} parts named 'file': this endpoint takes one file")
+    if parts and isinstance(parts[0], str):
+        raise APIError(422, "invalid_request", "field 'file' must be a file (a part with a filename), got a text "
+                       "field")
+
+
+#: Dependency of the routes that take one ``file`` part (see :func:`one_file_part`).
+OneFile = Depends(one_file_part)
 
 
 class BodyLimitMiddleware:

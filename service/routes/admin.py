@@ -13,7 +13,7 @@ from ..errors import APIError
 from ..jobs import ZIP_MAGIC, ImportPathError, Job, resolve_import
 from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus, PathJob
 from ..state import AdminDep, Running, RunningDep
-from ..uploads import CHUNK
+from ..uploads import CHUNK, OneFile
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep],
                    responses={s: {"model": ErrorBody} for s in (401, 403)})
@@ -64,7 +64,7 @@ def _created(job_id: str) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
 
 
-@router.post("/jobs", status_code=202, response_model=JobCreated,
+@router.post("/jobs", status_code=202, response_model=JobCreated, dependencies=[OneFile],
              responses={s: {"model": ErrorBody} for s in (400, 413, 415, 429)})
 async def create_job(run: RunningDep, file: Annotated[UploadFile, File(description=".npz dataset or .zip")]
                      ) -> JSONResponse:

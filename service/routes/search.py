@@ -17,7 +17,7 @@ from ..engine import QueueFull
 from ..errors import APIError
 from ..schemas import ErrorBody, SearchHit, SearchResponse
 from ..state import Running, RunningDep
-from ..uploads import read_upload
+from ..uploads import OneFile, content_phrase, read_upload
 
 router = APIRouter(prefix="/api/v1/search", tags=["search"])
 
@@ -49,10 +49,10 @@ def check_content(kind: str, data: bytes) -> None:
     if found is None or found[0] == kind:
         return
     if kind == "image":
-        raise InputError("not_an_image", f"got a {found[1].upper()} 3D file, expected an image "
+        raise InputError("not_an_image", f"got {content_phrase(found)}, expected an image "
                                          "(PNG, JPEG, WebP, BMP, GIF or TIFF)")
-    raise InputError("not_a_3d_file", f"got a {found[1]} image, expected a 3D file (PLY, OFF, OBJ, PCD, XYZ/TXT "
-                                      "or NPY)")
+    raise InputError("not_a_3d_file", f"got {content_phrase(found)}, expected a 3D file (PLY, OFF, OBJ, PCD, "
+                                      "XYZ/TXT or NPY)")
 
 
 def _preprocess(run: Running, kind: str, data: bytes, filename: str | None) -> torch.Tensor:
@@ -89,7 +89,7 @@ def _route(query: str, target: str, summary: str) -> None:
     path_t = "points" if target == "points" else "images"
     endpoint.__name__ = f"search_{path_q}_to_{path_t}"
     router.add_api_route(f"/{path_q}-to-{path_t}", endpoint, methods=["POST"], response_model=SearchResponse,
-                         summary=summary, responses=ERRORS)
+                         summary=summary, responses=ERRORS, dependencies=[OneFile])
 
 
 _route("image", "points", "Find 3D point clouds matching an image")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from svc_helpers import ply_bytes, png_bytes
+from svc_helpers import admin_headers, ply_bytes, png_bytes
 
 IMG = "/api/v1/search/image-to-points"
 PTS = "/api/v1/search/points-to-images"
+JOBS = "/api/v1/admin/jobs"
 
 
 def _truncated_ply(points: np.ndarray) -> bytes:
@@ -106,3 +109,50 @@ def test_queue_full_is_503_with_retry_after(client, monkeypatch):
     monkeypatch.setattr(client.app.state.cmah.engine, "submit", full)
     r = client.post(IMG, files={"file": ("q.png", png_bytes())})
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
+
+
+def _documented_codes() -> set[str]:
+    """The error codes of the table in docs/api.md ("## Errors")."""
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    table = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    rows = [row.split("|") for row in table.splitlines() if row.startswith("|")][2:]  # no header, no rule
+    return {code for cells in rows if len(cells) > 3 for code in re.findall(r"`([a-z_]+)`", cells[2])}
+
+
+def test_two_file_parts_are_400_naming_the_problem(client, shape_points):
+    """Two ``file`` parts: refused, never the last one searched silently."""
+    clouds = [("file", (f"{i}.ply", ply_bytes(shape_points[i]))) for i in range(2)]
+    archives = [("file", (f"{i}.zip", b"PK\x03\x04")) for i in range(2)]
+    for url, files in ((PTS, clouds), (JOBS, archives)):
+        r = client.post(url, files=files, headers=admin_headers())
+        body = r.json()
+        assert (r.status_code, body["error"]) == (400, "duplicate_file"), r.text
+        assert "2 parts named 'file'" in body["detail"] and body["error"] in _documented_codes()
+
+
+def test_text_field_as_file_is_a_clear_422(client):
+    for url in (IMG, JOBS):
+        r = client.post(url, data={"file": "hello"}, headers=admin_headers())
+        body = r.json()
+        assert (r.status_code, body["error"]) == (422, "invalid_request"), r.text
+        assert "'file'" in body["detail"] and "text field" in body["detail"]
+        assert "UploadFile" not in body["detail"] and "class" not in body["detail"]
+
+
+def test_multipart_without_boundary_answers_a_documented_code(client):
+    r = client.post(PTS, content=b"--x\r\n\r\n--x--\r\n", headers={"content-type": "multipart/form-data"})
+    body = r.json()
+    assert r.status_code == 400 and "boundary" in body["detail"]
+    assert body["error"] in _documented_codes(), body
+
+
+@pytest.mark.parametrize(("url", "name", "data", "phrase"), [
+    (IMG, "q.obj", b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "got an OBJ 3D file"),
+    (IMG, "q.off", b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n", "got an OFF 3D file"),
+    (IMG, "q.xyz", b"0 0 0\n1 0 0\n0 1 0\n", "got an XYZ 3D file"),
+    (IMG, "q.ply", b"ply\nformat ascii 1.0\nend_header\n", "got a PLY 3D file"),
+    (PTS, "q.png", png_bytes(), "got a PNG image"),
+], ids=["obj", "off", "xyz", "ply", "png"])
+def test_wrong_kind_messages_use_the_right_article(client, url, name, data, phrase):
+    r = client.post(url, files={"file": (name, data)})
+    assert r.status_code == 415 and phrase in r.json()["detail"], r.text
