@@ -1,9 +1,10 @@
 """Background indexing jobs, persisted in SQLite (``<data_dir>/jobs.sqlite3``).
 
 A job indexes a dataset ``.npz`` (project format) or a ``.zip`` of images and 3D files with an optional
-``labels.csv`` (``file,label`` rows): a file uploaded to ``<data_dir>/uploads/`` (deleted when the job
-ends) or a file that already lives on the server under ``CMAH_IMPORT_ROOT`` (read in place, never
-deleted). Jobs run one at a time on a worker thread.
+``labels.csv`` (``file,label`` rows), told apart by their content (:func:`job_kind`), never by their
+names: a file uploaded to ``<data_dir>/uploads/`` (deleted when the job ends) or a file that already lives
+on the server under ``CMAH_IMPORT_ROOT`` (read in place, never deleted). Jobs run one at a time on a
+worker thread.
 
 Jobs resume: a job still queued or running when the process stopped (even by SIGKILL) is queued again
 on the next start and skips what it had already indexed. What is indexed is read from the hash store
@@ -38,14 +39,16 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from model.dataset import DatasetError
-from model.io import InputError, load_points, read_image
+from model.io import InputError, load_points, read_image, sniff_kind
 
 from .indexing import ItemWriter
+from .uploads import content_phrase
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ UPLOAD_DIR = "uploads"
 STATES = ("queued", "running", "succeeded", "failed")
 KINDS = ("npz", "zip")
 ZIP_MAGIC = b"PK\x03\x04"
+#: Bytes of a job file's (or zip member's) head that are sniffed for what it is.
+HEAD_BYTES = 1 << 16
 MAX_ERRORS = 100
 MAX_ZIP_MEMBERS = 100_000
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -160,14 +165,56 @@ class JobStore:
                 "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created")]
 
 
-class ImportPathError(Exception):
-    """A server path that cannot be imported; ``status`` and ``code`` are those of the HTTP answer."""
+class JobFileError(Exception):
+    """A file that cannot make a job; ``status`` and ``code`` are those of the HTTP answer."""
 
     def __init__(self, status: int, code: str, detail: str):
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+
+
+class ImportPathError(JobFileError):
+    """A server path that cannot be imported."""
+
+
+def job_kind(f: BinaryIO, name: str) -> str:
+    """The kind of job file ``f`` makes, judged by its content (never by ``name``, an upload's file name or
+    the path given): ``"npz"`` for a zip of top-level ``.npy`` arrays only (a dataset; a zip job would refuse
+    them all as nested archives), ``"zip"`` for another zip. The name breaks the tie only when the zip's
+    directory cannot be read (the job then fails, saying why). Leaves ``f`` at its start.
+
+    Raises:
+        JobFileError: 400 ``empty``; 415 ``unsupported_format`` for anything but a zip, naming what it is
+            when it is an image or a 3D file.
+    """
+    f.seek(0)
+    head = f.read(HEAD_BYTES)
+    f.seek(0)
+    if not head:
+        raise JobFileError(400, "empty", f"{name!r} is empty")
+    if not head.startswith(ZIP_MAGIC):
+        found = sniff_kind(head)
+        got = f"got {content_phrase(found)}" if found is not None else "it is not a zip / npz archive"
+        raise JobFileError(415, "unsupported_format", f"{name!r}: {got}; expected a dataset .npz or a .zip of "
+                           "images / 3D files")
+    try:
+        with zipfile.ZipFile(f) as zf:
+            names: list[str] | None = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        names = None
+    finally:
+        f.seek(0)
+    if names is None:
+        return "npz" if name.lower().endswith(".npz") else "zip"
+    return "npz" if names and all(n.endswith(".npy") and "/" not in n for n in names) else "zip"
+
+
+def path_kind(path: Path, name: str) -> str:
+    """:func:`job_kind` of the file at ``path``."""
+    with open(path, "rb") as f:
+        return job_kind(f, name)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -182,6 +229,7 @@ def resolve_import(root: Path | None, given: str) -> Path:
 
     Raises:
         ImportPathError: with the HTTP status and error code of the refusal.
+        JobFileError: the file is empty or not a zip / npz archive (:func:`job_kind`).
     """
     if root is None:
         raise ImportPathError(403, "imports_disabled", "server-side imports are disabled: CMAH_IMPORT_ROOT is not set")
@@ -214,11 +262,7 @@ def _check_import_file(path: Path, given: str) -> None:
     if not path.is_file():
         raise ImportPathError(415, "unsupported_format", f"{given!r} is not a regular file (a .npz or .zip is "
                               "expected; directories are not imported)")
-    if path.suffix.lower() not in (".npz", ".zip"):
-        raise ImportPathError(415, "unsupported_format", f"expected a dataset .npz or a .zip, got {given!r}")
-    with open(path, "rb") as f:
-        if f.read(4) != ZIP_MAGIC:
-            raise ImportPathError(415, "unsupported_format", f"{given!r} is not a zip / npz archive")
+    path_kind(path, given)
 
 
 def member_problem(m: zipfile.ZipInfo) -> str | None:
@@ -363,7 +407,7 @@ class JobRunner:
             logger.info("job %s stopped by shutdown; it resumes at the next start", job_id)
             finished = False
             return
-        except ImportPathError as exc:
+        except JobFileError as exc:
             self._fail(job, exc.detail)
         except Exception as exc:  # noqa: BLE001 - every failure ends the job with a reason
             self._fail(job, self._reason(job, exc))
@@ -447,7 +491,7 @@ class JobRunner:
             if problem is not None:
                 raise _Refused(REFUSED, problem)
             data = self._read_member(zf, m, budget)
-            if PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
+            if _is_image(data, name):
                 batch.images.append((name, read_image(data, max_bytes=self.max_file_bytes,
                                                       max_pixels=self.max_pixels)))
             else:
@@ -532,6 +576,13 @@ class _Batch:
         self.images, self.clouds = [], []
         self.runner.jobs.update(self.job_id, done=self.done)
         self.runner._check_stop()
+
+
+def _is_image(data: bytes, name: str) -> bool:
+    """Whether a member is read as a picture: its content decides (a PLY named ``.png`` is a cloud), its
+    name only when the content is neither recognisably (the reader then says what is wrong)."""
+    found = sniff_kind(data[:HEAD_BYTES])
+    return found[0] == "image" if found is not None else PurePosixPath(name).suffix.lower() in IMAGE_EXTS
 
 
 def _wanted_member(m: zipfile.ZipInfo) -> bool:

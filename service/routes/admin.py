@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
-from ..jobs import ZIP_MAGIC, ImportPathError, Job, resolve_import
+from ..jobs import Job, JobFileError, job_kind, path_kind, resolve_import
 from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus, PathJob
 from ..state import AdminDep, Running, RunningDep
 from ..uploads import CHUNK, OneFile
@@ -28,10 +29,9 @@ def job_body(job: Job) -> JobStatus:
                      error=job.error, created=job.created, updated=job.updated)
 
 
-async def _save_upload(file: UploadFile, dest: FsPath, max_bytes: int) -> bytes:
-    """Stream ``file`` to ``dest`` (refusing more than ``max_bytes``); returns its first bytes."""
+async def _save_upload(file: UploadFile, dest: FsPath, max_bytes: int) -> None:
+    """Stream ``file`` to ``dest`` (refusing more than ``max_bytes``)."""
     size = 0
-    head = b""
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
         with open(tmp, "wb") as out:
@@ -39,15 +39,10 @@ async def _save_upload(file: UploadFile, dest: FsPath, max_bytes: int) -> bytes:
                 size += len(chunk)
                 if size > max_bytes:
                     raise APIError(413, "too_large", f"upload is larger than the limit of {max_bytes} bytes")
-                if len(head) < 8:
-                    head += chunk[:8]
                 out.write(chunk)
-        if size == 0:
-            raise APIError(400, "empty", "the uploaded file is empty")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return head
 
 
 def _check_queue(run: Running) -> None:
@@ -68,18 +63,16 @@ def _created(job_id: str) -> JSONResponse:
              responses={s: {"model": ErrorBody} for s in (400, 413, 415, 429)})
 async def create_job(run: RunningDep, file: Annotated[UploadFile, File(description=".npz dataset or .zip")]
                      ) -> JSONResponse:
+    """Index an uploaded dataset ``.npz`` or ``.zip`` of images / 3D files, judged by its content (not its name)."""
     name = file.filename or "upload"
-    suffix = FsPath(name).suffix.lower()
-    if suffix not in (".npz", ".zip"):
-        raise APIError(415, "unsupported_format", f"expected a dataset .npz or a .zip of images / 3D files, "
-                       f"got {name!r}")
-    kind = suffix.lstrip(".")
+    try:
+        kind = await run_in_threadpool(job_kind, file.file, name)
+    except JobFileError as exc:
+        raise APIError(exc.status, exc.code, exc.detail) from None
     _check_queue(run)
     job = run.jobs.create(kind, name)
     try:
-        head = await _save_upload(file, run.runner.upload_path(job.id, kind), run.settings.max_job_upload_bytes)
-        if not head.startswith(ZIP_MAGIC):
-            raise APIError(415, "unsupported_format", f"{name!r} is not a zip / npz archive")
+        await _save_upload(file, run.runner.upload_path(job.id, kind), run.settings.max_job_upload_bytes)
     except APIError as exc:
         run.runner.upload_path(job.id, kind).unlink(missing_ok=True)
         run.jobs.update(job.id, state="failed", error=exc.detail)
@@ -95,10 +88,11 @@ async def create_path_job(run: RunningDep, body: PathJob) -> JSONResponse:
     place, never copied nor deleted)."""
     try:
         path = resolve_import(run.settings.import_root, body.path)
-    except ImportPathError as exc:
+        kind = path_kind(path, body.path)
+    except JobFileError as exc:
         raise APIError(exc.status, exc.code, exc.detail) from exc
     _check_queue(run)
-    job = run.jobs.create(path.suffix.lower().lstrip("."), body.path, path=str(path))
+    job = run.jobs.create(kind, body.path, path=str(path))
     run.runner.enqueue(job.id)
     return _created(job.id)
 

@@ -89,6 +89,28 @@ def test_job_rejects_other_files(client):
     assert r.status_code == 415
 
 
+def test_jobs_are_judged_by_content_not_by_name(client, shape_points, job_npz):
+    """A zip named ``x.bin`` is a zip job, a dataset named ``data`` an npz job; a PLY named ``.zip`` or a PNG
+    named ``.npz`` is refused naming what it is. Inside a zip, a PLY named ``.png`` is indexed as a cloud."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.ply", ply_bytes(shape_points[0]))
+        zf.writestr("misnamed.png", ply_bytes(shape_points[1]))
+    for name, data, kind, done in (("x.bin", buf.getvalue(), "zip", 2), ("data", job_npz.read_bytes(), "npz", 5)):
+        r = client.post(JOBS, files={"file": (name, data)}, headers=admin_headers())
+        assert r.status_code == 202, r.text
+        job = wait_job(client, r.json()["job_id"])
+        assert (job["state"], job["kind"], job["filename"], job["done"], job["failed"]) == (
+            "succeeded", kind, name, done, 0), job
+    for name, data, got in (("a.zip", ply_bytes(shape_points[0]), "got a PLY 3D file"),
+                            ("b.npz", png_bytes(), "got a PNG image")):
+        r = client.post(JOBS, files={"file": (name, data)}, headers=admin_headers())
+        assert (r.status_code, r.json()["error"]) == (415, "unsupported_format"), r.text
+        assert got in r.json()["detail"]
+    r = client.post(JOBS, files={"file": ("empty.zip", b"")}, headers=admin_headers())
+    assert (r.status_code, r.json()["error"]) == (400, "empty"), r.text
+
+
 def test_npz_job_indexes_searchable_items_and_survives_restart(make_settings, tmp_path, job_npz):
     settings = make_settings(tmp_path)
     with TestClient(create_app(settings)) as c:

@@ -40,6 +40,8 @@ def tree(tmp_path_factory, shape_points) -> Path:
     (root / "sub" / "nested.zip").write_bytes(data)
     (root / "notes.txt").write_text("hello")
     (root / "fake.zip").write_bytes(b"not a zip at all")
+    (root / "archive.bin").write_bytes(data)  # a zip by its content
+    (root / "cloud.zip").write_bytes(ply_bytes(shape_points[0]))  # a PLY by its content
     (outside / "secret.zip").write_bytes(data)
     (root / "link_out.zip").symlink_to(outside / "secret.zip")
     (root / "link_dir").symlink_to(outside)
@@ -76,6 +78,7 @@ def test_paths_outside_the_root_are_403(path_client, tree, given):
     ("sub/dir", 415, "unsupported_format"),
     ("notes.txt", 415, "unsupported_format"),
     ("fake.zip", 415, "unsupported_format"),
+    ("cloud.zip", 415, "unsupported_format"),
     ("", 422, "invalid_request"),
 ])
 def test_bad_paths(path_client, given, status, code):
@@ -83,7 +86,7 @@ def test_bad_paths(path_client, given, status, code):
     assert (r.status_code, r.json()["error"]) == (status, code), r.text
 
 
-@pytest.mark.parametrize("given", ["good.zip", "ROOT/sub/nested.zip", "link_in.zip"])
+@pytest.mark.parametrize("given", ["good.zip", "ROOT/sub/nested.zip", "link_in.zip", "archive.bin"])
 def test_path_job_indexes_in_place_and_keeps_the_file(path_client, tree, given):
     given = str(tree / "root" / "sub" / "nested.zip") if given.startswith("ROOT") else given
     r = _post(path_client, given)
