@@ -1,22 +1,12 @@
-"""Helpers shared by the tests of scripts/: import a script as a module, or run it as a process."""
+"""Helpers shared by the tests of scripts/: run a script as a process (its library code is in model/)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name: str) -> ModuleType:
-    """scripts/NAME.py imported as a module (its ``main`` not run)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""scripts/average_weights.py: checkpoint averaging of inference weights (how the shipped weights were made)."""
+"""scripts/average_weights.py and model.checkpoints.average_weights: checkpoint averaging of inference weights
+(how the shipped weights were made)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _scripts import load_script, run_script
+from _scripts import run_script
 from safetensors.torch import load_file
 
+from model.checkpoints import average_weights
 from model.cmah import HashEncoder
 from model.config import CPU
 from model.weights import WEIGHTS_FILE, WeightsError, load_weights, save_weights, weights_id
-
-
-def _module():
-    return load_script("average_weights")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +44,7 @@ def test_mean_matches_a_direct_reference(tiny_weights: Path, other_weights: Path
 
 
 def test_equal_default_and_self_average_is_identity(tiny_weights: Path, tmp_path: Path) -> None:
-    out = _module().average_weights([tiny_weights, tiny_weights], tmp_path / "same")
+    out = average_weights([tiny_weights, tiny_weights], tmp_path / "same")
     a, got = load_file(str(tiny_weights / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
     assert all((got[k] == a[k]).all() for k in a)
 
@@ -72,4 +70,4 @@ def test_bad_inputs_exit_2_and_write_nothing(tiny_weights: Path, tmp_path: Path)
 
 def test_library_error_type(tiny_weights: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="at least two"):
-        _module().average_weights([tiny_weights], tmp_path / "x")
+        average_weights([tiny_weights], tmp_path / "x")

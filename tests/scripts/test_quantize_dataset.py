@@ -7,14 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _scripts import load_script, run_script
+from _scripts import run_script
 
+import model.quantize as qd
 from model.dataset import DatasetError, load_dataset, save_dataset
 from model.synthetic import write_synthetic
-
-
-def _module():
-    return load_script("quantize_dataset")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -57,7 +54,6 @@ def test_round_trip_error_bound_and_loader(synth: Path, tmp_path: Path) -> None:
 
 
 def test_unit_sphere_levels_are_exact_in_float16() -> None:
-    qd = _module()
     rng = np.random.default_rng(0)
     pts = rng.uniform(-1, 1, size=(5, 300, 3)).astype(np.float16)
     pts[0, 0] = [-1.0, 1.0, 0.0]                       # the extremes
