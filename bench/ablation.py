@@ -36,10 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model.config import ABLATIONS, CODE_LENGTHS, get_config  # noqa: E402
+from model.config import ABLATIONS, CODE_LENGTHS, get_config
 
 VARIANTS = ("cl-f", "cl-f+hard", "cl-f+cl-m", "cl+mr", "full")
 log = logging.getLogger("ablation")

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model.cuda_graphs import ENV_SWITCH
+from model.dataset import load_dataset
+from model.encode import Encoder
+from model.weights import SHIPPED_WEIGHTS_DIR
 
-from model.cuda_graphs import ENV_SWITCH  # noqa: E402
-from model.dataset import load_dataset  # noqa: E402
-from model.encode import Encoder  # noqa: E402
-from model.weights import SHIPPED_WEIGHTS_DIR  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = ROOT / "model" / "assets" / "demo_modelnet40.npz"
 

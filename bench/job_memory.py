@@ -28,12 +28,9 @@ import time
 from pathlib import Path
 
 import httpx
+import load  # bench/load.py (this folder is first on sys.path): server, queries, requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import load  # noqa: E402  (bench/load.py: server, queries, requests)
-
-from model.dataset import load_dataset, save_dataset  # noqa: E402
+from model.dataset import load_dataset, save_dataset
 
 
 def _rss_mib(pid: int) -> float:

@@ -60,10 +60,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model.device import cpu_name
 
-from model.device import cpu_name  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = ROOT / "model" / "assets" / "demo_modelnet40.npz"
 ROUTES = ("image-to-points", "points-to-images", "image-to-images", "points-to-points")

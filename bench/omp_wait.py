@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEMO = ROOT / "model" / "assets" / "demo_modelnet40.npz"
 POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model.device import cpu_name
+from model.renderer import DEFAULT_K, RenderConfig, knn_geometry, random_view, render
 
-from model.device import cpu_name  # noqa: E402
-from model.renderer import DEFAULT_K, RenderConfig, knn_geometry, random_view, render  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_points(path: str, n: int) -> tuple[torch.Tensor, str]:

@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,11 +45,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from index import HashStore  # noqa: E402
-from index.codes import BITS_CHOICES, WORD_DTYPES  # noqa: E402
-from index.flat import FaissFlatIndex, load_scan_kernel  # noqa: E402
+from index import HashStore
+from index.codes import BITS_CHOICES, WORD_DTYPES
+from index.flat import FaissFlatIndex, load_scan_kernel
 
 KERNEL = load_scan_kernel()
 

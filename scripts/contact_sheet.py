@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from model.dataset import load_dataset
+from model.renderer import RenderConfig, random_view, render, render_canonical, to_uint8
 
-from model.dataset import load_dataset  # noqa: E402
-from model.renderer import RenderConfig, random_view, render, render_canonical, to_uint8  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LABEL_W = 110   # px for the class name column
 GAP = 4         # px between tiles

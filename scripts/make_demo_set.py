@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from model.dataset import load_dataset, make_split, save_dataset
 
-from model.dataset import load_dataset, make_split, save_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "modelnet40_train.npz"
 DEFAULT_OUT = REPO / "model" / "assets" / "demo_modelnet40.npz"
