@@ -7,7 +7,7 @@ captures ``fn`` once per input shape as a CUDA graph and then replays it: one la
 
 It is an optional path, **off unless** ``CMAH_CUDA_GRAPHS=1``: it was written in a session whose GPU
 time had run out, so neither its speed-up nor its codes have been checked on a GPU yet
-(``bench/cuda_graphs.py`` and ``tests/model/test_cuda_graphs.py`` do both; ``scripts/device_run.sh
+(``bench/cuda_graphs.py`` and ``tests/model/test_cuda_graphs.py`` do both; ``scripts/gpu/device_run.sh
 bench`` runs them). Even when it is on, the call is plain ``fn(x)`` on CPU tensors, for batches above
 ``max_batch``, while autograd records, and after a capture failed (the failure is logged once). A
 replay runs the kernels of the eager call it was captured from, on a private copy of the input, and

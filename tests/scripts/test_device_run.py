@@ -1,7 +1,7 @@
-"""The GPU-session tooling that can be checked without a GPU: scripts/device_run.sh's refusals, and that
+"""The GPU-session tooling that can be checked without a GPU: scripts/gpu/device_run.sh's refusals, and that
 the code paths it runs (cmah train / eval / refit-heads, bench/search_gpu.py, scripts/slim_checkpoint.py)
-import nothing the GPU machine lacks (scripts/device_sim makes FAISS, pydantic, FastAPI... unimportable).
-The whole pipeline's CPU dry run (``bash scripts/device_run.sh --dry-run all``) takes a minute or more
+import nothing the GPU machine lacks (scripts/gpu/device_sim makes FAISS, pydantic, FastAPI... unimportable).
+The whole pipeline's CPU dry run (``bash scripts/gpu/device_run.sh --dry-run all``) takes a minute or more
 and is run by hand (docs/development.md, "Using a GPU session")."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _device_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", CMAH_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "scripts" / "device_sim"), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "scripts" / "gpu" / "device_sim"), str(ROOT)])
     return env
 
 
@@ -78,7 +78,7 @@ def test_device_run_refuses_bad_arguments(tmp_path: Path, args: list[str], env: 
                                           message: str) -> None:
     environ = {k: v for k, v in os.environ.items() if k != "OUT"}
     environ.update({k: v.format(tmp=tmp_path) for k, v in env.items()})
-    r = subprocess.run(["bash", "scripts/device_run.sh", *args], cwd=ROOT, env=environ, capture_output=True,
+    r = subprocess.run(["bash", "scripts/gpu/device_run.sh", *args], cwd=ROOT, env=environ, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr
 
@@ -86,7 +86,7 @@ def test_device_run_refuses_bad_arguments(tmp_path: Path, args: list[str], env: 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_device_run_needs_cuda_outside_the_dry_run(tmp_path: Path) -> None:
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable)
-    r = subprocess.run(["bash", "scripts/device_run.sh", "bench"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run(["bash", "scripts/gpu/device_run.sh", "bench"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2
     log = (tmp_path / "out" / "device_run.log").read_text()

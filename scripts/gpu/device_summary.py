@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The short summary that ``scripts/device_run.sh`` prints last: mAP of every evaluated weights set next
+"""The short summary that ``scripts/gpu/device_run.sh`` prints last: mAP of every evaluated weights set next
 to the shipped weights' recorded evaluation, the training run, and the benchmarks' headline numbers.
 
-    python scripts/device_summary.py RESULTS_DIR [--manifest weights/manifest.json] [--out summary.txt]
+    python scripts/gpu/device_summary.py RESULTS_DIR [--manifest weights/manifest.json] [--out summary.txt]
 
 Reads what it finds in RESULTS_DIR: ``eval-<name>.json`` (``cmah eval --json``), ``train_log.json``,
 ``bench-encode.json`` (``bench/encode.py --json``) and ``bench-search.json``

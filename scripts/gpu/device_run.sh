@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command for a GPU session (the device tool's `run`; docs/development.md, "Using a GPU session").
 #
-#   bash scripts/device_run.sh [--dry-run] JOB
+#   bash scripts/gpu/device_run.sh [--dry-run] JOB
 #
 # JOB:
 #   all                 bench, then train-cpu (the default plan for a session: one call of ~9 minutes)
@@ -28,8 +28,8 @@
 #
 # --dry-run (or CMAH_DEVICE_DRY_RUN=1): the same pipeline on the CPU, `tiny` config, a few steps, a
 # subset of the data, small benchmarks, with the GPU machine's missing packages (FAISS, pydantic,
-# FastAPI...) made unimportable (scripts/device_sim): check it here before spending device time:
-#   OUT=/tmp/dry OMP_NUM_THREADS=1 PYTHON=.venv/bin/python nice -n 10 bash scripts/device_run.sh --dry-run all
+# FastAPI...) made unimportable (scripts/gpu/device_sim): check it here before spending device time:
+#   OUT=/tmp/dry OMP_NUM_THREADS=1 PYTHON=.venv/bin/python nice -n 10 bash scripts/gpu/device_run.sh --dry-run all
 #
 # Settings (environment):
 #   OUT                  results folder (the device tool sets it; required)
@@ -50,7 +50,7 @@
 #                        tests/model/test_cuda_graphs.py, then bench/cuda_graphs.py, eager vs CUDA graphs)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 say() { echo "[device_run $(date +%H:%M:%S) +${SECONDS}s] $*" >&2; }
@@ -69,7 +69,7 @@ for arg in "$@"; do
 done
 [[ -n $JOB ]] || die "no JOB given: all | train-cpu | train-cpu-continue | train-paper | bench | eval (see --help)"
 case "$JOB" in all|train-cpu|train-cpu-continue|train-paper|bench|eval) ;; *) die "unknown JOB '$JOB' (see --help)" ;; esac
-[[ -n ${OUT:-} ]] || die "OUT is not set: the device tool sets it; here, e.g. OUT=/tmp/dry bash scripts/device_run.sh --dry-run $JOB"
+[[ -n ${OUT:-} ]] || die "OUT is not set: the device tool sets it; here, e.g. OUT=/tmp/dry bash scripts/gpu/device_run.sh --dry-run $JOB"
 mkdir -p "$OUT"
 [[ -w $OUT ]] || die "OUT=$OUT is not writable"
 
@@ -99,7 +99,7 @@ REFIT=${CMAH_REFIT:-$([[ $CONFIG == cpu ]] && echo 1 || echo 0)}
 if [[ $DRY == 1 ]]; then
     DEV=cpu
     TRAIN_CONFIG=tiny
-    export PYTHONPATH="$ROOT/scripts/device_sim:$PYTHONPATH"   # FAISS, pydantic, FastAPI... unimportable
+    export PYTHONPATH="$ROOT/scripts/gpu/device_sim:$PYTHONPATH"   # FAISS, pydantic, FastAPI... unimportable
     export CMAH_THREADS=${CMAH_THREADS:-1}
     RUN=${CMAH_RUN_DIR:-$WORK/run-tiny}
     POST_RESERVE=${CMAH_POST_RESERVE_S:-150}
@@ -181,7 +181,7 @@ finish() {
             && put "$WORK/checkpoint-slim.pt" checkpoint-slim.pt
         say "full checkpoint $RUN/checkpoint.pt: $(( $(stat -c %s "$RUN/checkpoint.pt") / 1048576 )) MiB, stays on the machine"
     fi
-    "$PY" scripts/device_summary.py "$RES" --manifest weights/manifest.json --out "$OUT/summary.txt"
+    "$PY" scripts/gpu/device_summary.py "$RES" --manifest weights/manifest.json --out "$OUT/summary.txt"
     (( ${#SKIPPED[@]} )) && say "skipped (out of time): ${SKIPPED[*]}"
     if (( ${#FAILED[@]} )); then
         say "FAILED steps: ${FAILED[*]}"

@@ -1,6 +1,6 @@
 """Imports as on the GPU machine: the project's packages that its image lacks raise ImportError.
 
-``scripts/device_run.sh --dry-run`` puts this folder first on ``PYTHONPATH``, so Python runs this
+``scripts/gpu/device_run.sh --dry-run`` puts this folder first on ``PYTHONPATH``, so Python runs this
 file at start-up (``sitecustomize``) and the dry run fails here, not on the GPU machine, when a code
 path it runs needs FAISS, pydantic, FastAPI & co. The GPU machine's image has torch, timm, numpy,
 pillow, tqdm, safetensors, matplotlib, scikit-learn, numba and prometheus-client, not these (see
@@ -21,7 +21,7 @@ class _NotOnTheDevice(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (not installed on the GPU machine; "
-                                      "scripts/device_sim)", name=name)
+                                      "scripts/gpu/device_sim)", name=name)
         return None
 
 
