@@ -2,8 +2,9 @@
 // 3D viewer; admin tab for indexing jobs. Plain ES module, no framework; all listeners set here
 // (no inline handlers), so the page works under a strict Content-Security-Policy.
 
+import { POINT_EXTENSIONS, SNIFF_BYTES, extension, sniff } from './sniff.js';
+
 const API = 'api/v1';
-const POINT_EXTENSIONS = ['ply', 'off', 'obj', 'pcd', 'xyz', 'txt', 'csv', 'pts', 'npy'];
 const TOKEN_KEY = 'cmah.adminToken';
 const TARGET_NAMES = { points: '3D point clouds', images: 'images' };
 const QUERY_NAMES = { image: 'picture', points: '3D file' };
@@ -62,21 +63,13 @@ function showError(box, err) {
   box.hidden = false;
 }
 
-function extension(name) {
-  const m = /\.([^./\\]+)$/.exec(name || '');
-  return m ? m[1].toLowerCase() : '';
-}
-
+/** 'image' or 'points': the content decides (a PLY named .png is a 3D file), the name and type only
+ * when the content is not recognisable (the server then says what is wrong with it). */
 async function fileKind(file) {
-  const ext = extension(file.name);
-  if (POINT_EXTENSIONS.includes(ext)) return 'points';
-  if (file.type.startsWith('image/')) return 'image';
-  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
-  const starts = (...b) => b.every((v, i) => head[i] === v);
-  const isImage = starts(0x89, 0x50, 0x4e, 0x47) || starts(0xff, 0xd8, 0xff) || starts(0x47, 0x49, 0x46)
-    || starts(0x42, 0x4d) || starts(0x49, 0x49, 0x2a) || starts(0x4d, 0x4d, 0x00, 0x2a)
-    || (starts(0x52, 0x49, 0x46, 0x46) && head[8] === 0x57 && head[9] === 0x45);
-  return isImage ? 'image' : 'points';
+  const found = sniff(new Uint8Array(await file.slice(0, SNIFF_BYTES).arrayBuffer()));
+  if (found) return found.kind;
+  if (POINT_EXTENSIONS.includes(extension(file.name))) return 'points';
+  return file.type.startsWith('image/') ? 'image' : 'points';
 }
 
 function formatBytes(n) {
@@ -374,19 +367,45 @@ function tokenStatus() {
   $('token-status').textContent = token() ? 'A token is saved for this tab.' : 'No token saved.';
 }
 
+/** Resolves when the service takes `value` as the admin token; throws its ApiError otherwise. Asks for the
+ * status of a job that does not exist: 404 means the token passed (401 / 403 come first). */
+async function checkToken(value) {
+  try {
+    await request(`${API}/admin/jobs/token-check`, { headers: { Authorization: `Bearer ${value}` } });
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) throw err;
+  }
+}
+
 tokenInput.value = token();
 tokenStatus();
-$('token-form').addEventListener('submit', (e) => {
+$('token-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const value = tokenInput.value.trim();
-  if (value) sessionStorage.setItem(TOKEN_KEY, value);
-  else sessionStorage.removeItem(TOKEN_KEY);
+  showError(adminError, null);
+  if (!value) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    tokenStatus();
+    return;
+  }
+  $('token-status').textContent = 'Checking the token…';
+  try {
+    await checkToken(value);
+  } catch (err) {
+    showError(adminError, err);
+    const refused = err.status === 401 || err.status === 403;
+    $('token-status').textContent = `${refused ? 'The service refused this token' : 'The token could not be checked'}`
+      + `: not saved.${token() ? ' The token saved before is kept.' : ''}`;
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, value);
   tokenStatus();
 });
 $('token-forget').addEventListener('click', () => {
   sessionStorage.removeItem(TOKEN_KEY);
   tokenInput.value = '';
   tokenStatus();
+  stopFollowing('the token was forgotten');
 });
 
 function authHeaders() {
@@ -420,6 +439,17 @@ const jobBox = $('job');
 const progress = $('job-progress');
 const jobStatus = $('job-status');
 let pollTimer = null;
+let following = 0; // the job followed now; bumped to stop following it (a late answer is then dropped)
+
+/** Stop polling the job shown; if it had not ended, say that it is no longer followed (it goes on). */
+function stopFollowing(reason) {
+  following++;
+  clearTimeout(pollTimer);
+  $('job-button').disabled = false;
+  if (jobBox.hidden || ['succeeded', 'failed'].includes(jobBox.dataset.state)) return;
+  jobBox.dataset.state = 'unfollowed';
+  jobStatus.textContent += ` · no longer followed (${reason}); the job goes on in the service`;
+}
 
 function showJob(job) {
   const finished = job.done + job.failed;
@@ -437,17 +467,20 @@ function showJob(job) {
   if (job.error) showError(adminError, new ApiError(0, 'job_failed', `The job failed: ${job.error}`));
 }
 
-async function pollJob(statusUrl) {
+async function pollJob(statusUrl, followed) {
   clearTimeout(pollTimer);
+  if (followed !== following) return;
   try {
     const resp = await request(statusUrl.replace(/^\//, ''), { headers: authHeaders() });
     const job = await resp.json();
+    if (followed !== following) return;
     showJob(job);
-    if (job.state === 'queued' || job.state === 'running') pollTimer = setTimeout(() => pollJob(statusUrl), 700);
+    if (job.state === 'queued' || job.state === 'running') pollTimer = setTimeout(() => pollJob(statusUrl, followed), 700);
     else $('job-button').disabled = false;
   } catch (err) {
+    if (followed !== following) return;
     showError(adminError, err);
-    $('job-button').disabled = false;
+    stopFollowing('its status could not be read');
   }
 }
 
@@ -459,7 +492,8 @@ $('job-form').addEventListener('submit', async (e) => {
     showError(adminError, new Error('Choose a .npz or .zip file first.'));
     return;
   }
-  clearTimeout(pollTimer);
+  stopFollowing('another job was started');
+  const followed = following;
   $('job-button').disabled = true;
   jobBox.hidden = false;
   $('job-errors-box').hidden = true;
@@ -474,8 +508,12 @@ $('job-form').addEventListener('submit', async (e) => {
       progress.value = loaded;
       jobStatus.textContent = `Uploading: ${formatBytes(loaded)} of ${formatBytes(total)}`;
     });
+    if (followed !== following) {
+      jobStatus.textContent = `Uploaded as job ${created.job_id.slice(0, 8)}; no longer followed`;
+      return;
+    }
     jobStatus.textContent = 'Uploaded; waiting for the job to start…';
-    pollJob(created.status_url);
+    pollJob(created.status_url, followed);
   } catch (err) {
     jobBox.hidden = true;
     showError(adminError, err);

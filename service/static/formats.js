@@ -1,23 +1,19 @@
 // Client-side readers of the 3D formats the API accepts, for display only (the server does the real,
 // validated parsing): each returns a Float32Array of x, y, z triples. Meshes (PLY/OFF/OBJ with faces)
 // are shown as their vertices plus points sampled on the faces, so sparse meshes still look solid.
+// The content picks the reader (sniff.js); the name only when the content is not recognisable.
+import { SNIFF_BYTES, extension, sniff } from './sniff.js';
 import { PLYLoader } from './vendor/three/three.min.js';
 
 const MAX_DISPLAY_POINTS = 200000;
 const FACE_SAMPLES = 8192;
 
-export const POINT_EXTENSIONS = ['ply', 'off', 'obj', 'pcd', 'xyz', 'txt', 'csv', 'pts', 'npy'];
-
-export function extension(name) {
-  const m = /\.([^./\\]+)$/.exec(name || '');
-  return m ? m[1].toLowerCase() : '';
-}
-
 /** Parse `buffer` (ArrayBuffer) named `name`; throws Error with a short message when it cannot. */
 export function parsePoints(buffer, name) {
-  const ext = extension(name);
+  const found = sniff(new Uint8Array(buffer, 0, Math.min(SNIFF_BYTES, buffer.byteLength)));
+  const format = found?.kind === 'points' ? found.format : extension(name);
   let result;
-  switch (ext) {
+  switch (format) {
     case 'ply': result = parsePly(buffer); break;
     case 'npy': result = { xyz: parseNpy(buffer) }; break;
     case 'off': result = parseOff(text(buffer)); break;

@@ -302,3 +302,76 @@ def test_phone_width_layout(page: Any) -> None:
     page.wait_for_function(IMAGES_LOADED)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "horizontal overflow"
     _shot(page, "phone")
+
+
+@pytest.mark.parametrize(("name", "mime", "binary"), [("cloud.png", "image/png", False), ("cloud.bin", "", True)],
+                         ids=["ply-named-png", "binary-ply-named-bin"])
+def test_content_decides_over_the_file_name(page: Any, shape_points: np.ndarray, name: str, mime: str,
+                                            binary: bool) -> None:
+    """A PLY named ``.png`` (the browser says image/png) is searched and shown as a 3D file, and a binary PLY
+    named ``.bin`` is shown in the query viewer: the page sniffs the content, the name only breaks ties."""
+    from playwright.sync_api import expect
+
+    _upload(page, name, ply_bytes(shape_points[0], binary=binary), mime or "application/octet-stream")
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "points-to-images")
+    expect(page.locator("#results > li.result")).to_have_count(10)
+    expect(page.locator("#search-error")).to_be_hidden()
+    expect(page.locator("#query-image")).to_be_hidden()
+    viewer = page.locator("#query-viewer")
+    expect(viewer).to_have_attribute("data-state", "shown")
+    expect(viewer).to_have_attribute("data-points", "1024")
+
+
+def _admin_tab(page: Any) -> None:
+    page.click("#tab-admin")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#token-form button[type=submit]")
+
+
+def test_save_checks_the_token(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.click("#tab-admin")
+    page.fill("#token", "wrong-token")
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#admin-error")).to_contain_text("forbidden (HTTP 403)")
+    expect(page.locator("#token-status")).to_contain_text("not saved")
+    assert page.evaluate("sessionStorage.getItem('cmah.adminToken')") is None
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#token-status")).to_have_text("A token is saved for this tab.")
+    expect(page.locator("#admin-error")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('cmah.adminToken')") == ADMIN_TOKEN
+
+
+def test_forget_stops_following_the_job(page: Any, demo_npz: Path) -> None:
+    """Forget while a job is polled: polling stops and the job no longer shows as running."""
+    from playwright.sync_api import expect
+
+    polls: list[str] = []
+    status_url = f"/api/v1/admin/jobs/{'f' * 32}"
+    running = {"id": "f" * 32, "kind": "npz", "filename": "demo.npz", "state": "running", "total": 12, "done": 3,
+               "failed": 0, "errors": [], "error": None, "created": "", "updated": ""}
+
+    def job_route(route: Any) -> None:
+        if route.request.method == "POST":
+            route.fulfill(status=202, json={"job_id": running["id"], "status_url": status_url})
+        else:
+            polls.append(route.request.headers.get("authorization", ""))
+            route.fulfill(json=running)
+
+    _admin_tab(page)
+    expect(page.locator("#token-status")).to_have_text("A token is saved for this tab.")
+    page.route("**/api/v1/admin/jobs**", job_route)
+    page.set_input_files("#job-file", str(demo_npz))
+    page.click("#job-button")
+    expect(page.locator("#job")).to_have_attribute("data-state", "running")
+    page.wait_for_function("() => document.getElementById('job-status').textContent.includes('3 indexed')")
+    page.click("#token-forget")
+    expect(page.locator("#job")).not_to_have_attribute("data-state", "running")
+    expect(page.locator("#job-status")).to_contain_text("no longer followed")
+    expect(page.locator("#job-button")).to_be_enabled()
+    seen = len(polls)
+    page.wait_for_timeout(2000)  # several poll periods (700 ms)
+    assert len(polls) == seen, "the page still polls after Forget"
+    assert all(p == f"Bearer {ADMIN_TOKEN}" for p in polls)
