@@ -22,7 +22,6 @@ from index.codes import (
 from index.errors import IndexStoreError, StoreClosedError, StoreCorruptError, StoreLockedError
 from index.exact import brute_force_search
 from index.records import MODALITIES, ItemRecord
-from index.store import HashStore
 
 __all__ = [
     "BITS_CHOICES",
@@ -41,3 +40,13 @@ __all__ = [
     "pack_signs",
     "unpack_codes",
 ]
+
+
+def __getattr__(name: str):
+    """``HashStore`` on first use: it needs FAISS, which ``index.codes`` and ``index.exact`` do not (the GPU
+    machine has no FAISS, and model/ imports index.codes)."""
+    if name == "HashStore":
+        from index.store import HashStore
+
+        return HashStore
+    raise AttributeError(f"module 'index' has no attribute {name!r}")

@@ -37,6 +37,12 @@ def test_device_sim_blocks_the_service_packages() -> None:
     assert "cmah index needs the package" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_encode_paths_import_without_faiss() -> None:
+    """model/ imports index.codes: that must not pull in the store (FAISS) with the package."""
+    r = _py("-c", "import model.encode, model.cuda_graphs, index.exact; from index import pack_signs")
+    assert r.returncode == 0, r.stderr
+
+
 def test_train_slim_init_and_eval_without_service_packages(synth_npz: Path, tiny_weights: Path,
                                                            tmp_path: Path) -> None:
     run = tmp_path / "run"
