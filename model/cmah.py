@@ -15,15 +15,17 @@ from torch import nn
 
 from .config import CMAHConfig
 from .decoders import ImageDecoder, PointDecoder
-from .encoders import ImageEncoder, PointEncoder
+from .encoders import PointEncoder, build_image_encoder
 from .fusion import FusionBlock
 from .hash_head import MultiHashHead
 from .losses import chamfer_l2, hard_nt_xent, masked_patch_mse, nt_xent, soft_nt_xent
 from .masking import random_masking, take_tokens
 
-#: Image normalisation applied inside the model (inputs are RGB in [0, 1]).
+#: Image normalisation applied inside the model (inputs are RGB in [0, 1]); ImageNet's for a CNN.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class HashEncoder(nn.Module):
@@ -32,12 +34,13 @@ class HashEncoder(nn.Module):
     def __init__(self, cfg: CMAHConfig):
         super().__init__()
         self.cfg = cfg
-        self.image_encoder = ImageEncoder(cfg.image)
+        self.image_encoder = build_image_encoder(cfg.image)
         self.point_encoder = PointEncoder(cfg.points)
         self.image_hash = MultiHashHead(cfg.image.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head, cfg.head_overrides)
         self.point_hash = MultiHashHead(cfg.points.dim, cfg.hash_hidden, cfg.bits, cfg.hash_head, cfg.head_overrides)
-        self.register_buffer("img_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("img_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.image.is_cnn else (IMAGE_MEAN, IMAGE_STD)
+        self.register_buffer("img_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("img_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.img_mean) / self.img_std
@@ -74,12 +77,16 @@ class CMAH(nn.Module):
         lc, ic, pc, dc = cfg.loss, cfg.image, cfg.points, cfg.decoder
         if lc.fusion and not lc.reconstruction:
             raise ValueError("fusion needs reconstruction (the fused tokens only feed the decoders)")
+        #: masked pictures are reconstructed by the ViT only (a CNN's features are not per patch)
+        self.image_reconstruction = lc.reconstruction and not ic.is_cnn
         if lc.reconstruction:
-            if lc.fusion:
+            if lc.fusion and self.image_reconstruction:
                 self.image_fusion = FusionBlock(ic.dim, pc.dim, ic.heads)
+            if lc.fusion:
                 self.point_fusion = FusionBlock(pc.dim, ic.dim, pc.heads)
-            self.image_decoder = ImageDecoder(ic.dim, dc.image_dim, dc.image_depth, dc.image_heads,
-                                              ic.num_patches, ic.patch_size)
+            if self.image_reconstruction:
+                self.image_decoder = ImageDecoder(ic.dim, dc.image_dim, dc.image_depth, dc.image_heads,
+                                                  ic.num_patches, ic.patch_size)
             self.point_decoder = PointDecoder(pc.dim, dc.point_dim, dc.point_depth, dc.point_heads,
                                               pc.group_size)
 
@@ -123,13 +130,17 @@ class CMAH(nn.Module):
                        pt_vis=enc.point_encoder.forward_features(pt_tok, pk))     # [B, 1+Gv, Dp]
         return out
 
-    def forward_decoder(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fuse (optionally) and decode: predicted masked patches [B, Pm, p*p*3] and groups [B, Gm, k, 3]."""
+    def forward_decoder(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Fuse (optionally) and decode: predicted masked patches [B, Pm, p*p*3] (None when pictures are
+        not reconstructed) and groups [B, Gm, k, 3]."""
         img_vis, pt_vis = enc["img_vis"][:, 1:], enc["pt_vis"][:, 1:]
+        img_pred = None
         if self.cfg.loss.fusion:
-            img_vis, pt_vis = (self.image_fusion(img_vis, enc["pt_full"]),
-                               self.point_fusion(pt_vis, enc["img_full"]))
-        img_pred = self.image_decoder(img_vis, enc["img_keep"], enc["img_mask"])
+            pt_vis = self.point_fusion(pt_vis, enc["img_full"])
+        if self.image_reconstruction:
+            if self.cfg.loss.fusion:
+                img_vis = self.image_fusion(img_vis, enc["pt_full"])
+            img_pred = self.image_decoder(img_vis, enc["img_keep"], enc["img_mask"])
         pt_pred = self.point_decoder(pt_vis, enc["pt_keep"], enc["pt_mask"], enc["centres"])
         return img_pred, pt_pred
 
@@ -160,7 +171,8 @@ class CMAH(nn.Module):
         loss = l_c
         if lc.reconstruction:
             img_pred, pt_pred = self.forward_decoder(enc)
-            l2d = masked_patch_mse(img_pred, images, enc["img_mask"], self.cfg.image.patch_size, lc.norm_pix_loss)
+            l2d = zero if img_pred is None else masked_patch_mse(img_pred, images, enc["img_mask"],
+                                                                 self.cfg.image.patch_size, lc.norm_pix_loss)
             target = take_tokens(enc["groups"].flatten(2), enc["pt_mask"])   # [B, Gm, k*3]
             target = target.view(*target.shape[:2], -1, 3)
             l3d = chamfer_l2(pt_pred.flatten(0, 1), target.flatten(0, 1))

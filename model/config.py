@@ -3,6 +3,7 @@
 * ``paper``: the CMAH paper's sizes (image ViT-B 768x12 at 224 px, point encoder 384x12, decoders 8 / 4).
 * ``cpu``: the shipped default, sized by measurement so that encoding one input on 2 CPU cores takes
   well under 25 ms and a useful model trains on 2 CPU cores in about two hours (see docs/benchmarks.md).
+* ``mobile``: ``cpu`` with an ImageNet-pretrained MobileNetV2 image encoder at 128 px.
 * ``tiny``: for tests (seconds on CPU).
 """
 
@@ -15,14 +16,35 @@ from typing import Any
 CODE_LENGTHS = (16, 32, 64)
 
 
+#: image encoder architectures: "vit" (trained from scratch) and "mobilenetv2" (torchvision's CNN,
+#: started from ImageNet weights; model.backbone), whose feature width is fixed
+IMAGE_ARCHS = ("vit", "mobilenetv2")
+CNN_FEATURE_DIMS = {"mobilenetv2": 1280}
+
+
 @dataclass(frozen=True)
 class ImageEncoderConfig:
     image_size: int = 224
+    #: ViT patch; for a CNN the cell of the input grid that masked views blank out (SimMIM-style)
     patch_size: int = 16
     dim: int = 768
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
+    arch: str = "vit"
+    #: CNN only: leading feature blocks kept frozen at their ImageNet values (cheaper backward)
+    frozen_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in IMAGE_ARCHS:
+            raise ValueError(f"unknown image arch {self.arch!r}; choose one of {IMAGE_ARCHS}")
+        if self.arch in CNN_FEATURE_DIMS and self.dim != CNN_FEATURE_DIMS[self.arch]:
+            raise ValueError(f"image arch {self.arch} has {CNN_FEATURE_DIMS[self.arch]} features, "
+                             f"not dim={self.dim}")
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.arch in CNN_FEATURE_DIMS
 
     @property
     def num_patches(self) -> int:
@@ -131,6 +153,14 @@ CPU = CMAHConfig(
     hash_hidden=256,
 )
 
+#: ``cpu`` with an ImageNet-pretrained MobileNetV2 for pictures (model.backbone) at 128 px; the point
+#: side is ``cpu``'s. Masked picture views blank 16-px cells of the input; only points are reconstructed.
+MOBILE = dataclasses.replace(
+    CPU, name="mobile",
+    image=ImageEncoderConfig(image_size=128, patch_size=16, dim=1280, depth=0, heads=1, arch="mobilenetv2",
+                             frozen_blocks=4),
+)
+
 TINY = CMAHConfig(
     name="tiny",
     image=ImageEncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2),
@@ -141,7 +171,14 @@ TINY = CMAHConfig(
     hash_hidden=32,
 )
 
-PRESETS: dict[str, CMAHConfig] = {"paper": PAPER, "cpu": CPU, "tiny": TINY}
+#: ``tiny`` with the MobileNetV2 picture encoder at 32 px (tests of the CNN path)
+TINY_MOBILE = dataclasses.replace(
+    TINY, name="tiny-mobile",
+    image=ImageEncoderConfig(image_size=32, patch_size=8, dim=1280, depth=0, heads=1, arch="mobilenetv2"),
+)
+
+PRESETS: dict[str, CMAHConfig] = {"paper": PAPER, "cpu": CPU, "mobile": MOBILE, "tiny": TINY,
+                                  "tiny-mobile": TINY_MOBILE}
 
 #: Ablation switches of the paper's Table 2.
 ABLATIONS: dict[str, dict[str, bool]] = {

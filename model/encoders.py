@@ -1,4 +1,4 @@
-"""The two encoders: an image ViT and a Point-MAE-style point transformer.
+"""The encoders: an image ViT or CNN (MobileNetV2) and a Point-MAE-style point transformer.
 
 Both expose the same two-step interface so the CMAH model can run them on all tokens (full view) or
 on a subset (masked view):
@@ -11,6 +11,8 @@ on a subset (masked view):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+import torchvision
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -78,6 +80,67 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [CLS] features [B, D]."""
         return self.forward_features(self.embed(images))[:, 0]
+
+
+class CNNImageEncoder(nn.Module):
+    """torchvision's MobileNetV2 behind the encoders' two-step interface (masked views SimMIM-style).
+
+    ``embed`` cuts the image into ``patch_size`` cells ("tokens" [B, P, 3*p*p]); ``forward_features``
+    blanks the cells not in ``keep_idx`` (zero = the normalised mean colour), runs the CNN on the whole
+    image and returns [B, 1 + T, 1280]: the global average pool first, then the T cells of the last
+    feature map (what the point side's fusion block attends to). The first ``frozen_blocks`` feature
+    blocks keep their ImageNet values and statistics (no gradient, always in eval mode).
+    """
+
+    def __init__(self, cfg: ImageEncoderConfig):
+        super().__init__()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.features = torchvision.models.mobilenet_v2().features   # ImageNet weights: model.backbone
+        self.frozen = nn.Sequential(*self.features[:cfg.frozen_blocks])
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> CNNImageEncoder:
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def load_imagenet(self) -> None:
+        """Start from the pinned ImageNet weights (:mod:`model.backbone`); the classifier is dropped."""
+        from .backbone import load_pretrained
+
+        net = torchvision.models.mobilenet_v2()
+        load_pretrained(self.cfg.arch, net)
+        self.features.load_state_dict(net.features.state_dict())
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] (normalised) -> cells [B, P, 3*p*p] (row-major, like ViT patches)."""
+        return F.unfold(images, self.cfg.patch_size, stride=self.cfg.patch_size).transpose(1, 2)
+
+    def forward_features(self, tokens: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if keep_idx is not None:
+            keep = torch.zeros(tokens.shape[:2], device=tokens.device, dtype=tokens.dtype)
+            keep.scatter_(1, keep_idx, 1.0)
+            tokens = tokens * keep[..., None]                             # [B, P, 3*p*p]
+        s = self.cfg.image_size
+        x = F.fold(tokens.transpose(1, 2), (s, s), self.cfg.patch_size, stride=self.cfg.patch_size)
+        n = len(self.frozen)
+        if n:
+            with torch.no_grad():
+                x = self.features[:n](x)
+        fmap = self.features[n:](x)                                       # [B, 1280, h, w]
+        cells = fmap.flatten(2).transpose(1, 2)                           # [B, T, 1280]
+        return torch.cat([cells.mean(1, keepdim=True), cells], dim=1)     # [B, 1 + T, 1280]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] (normalised) -> pooled features [B, 1280]."""
+        return self.features(images).mean((2, 3))
+
+
+def build_image_encoder(cfg: ImageEncoderConfig) -> nn.Module:
+    return CNNImageEncoder(cfg) if cfg.is_cnn else ImageEncoder(cfg)
 
 
 class MiniPointNet(nn.Module):

@@ -20,6 +20,7 @@ light, object colour, background colour or gradient).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +54,27 @@ class ViewParams:
     bg_top: torch.Tensor      # [B, 3] background colour at the top row
     bg_bottom: torch.Tensor   # [B, 3] background colour at the bottom row
     ambient: torch.Tensor     # [B] ambient light in [0, 1]
+    # drawing-style options (model.styles); None keeps RenderConfig's value / the default shading
+    splat: torch.Tensor | None = None   # [B] multiplier of the splat radius
+    fill: torch.Tensor | None = None    # [B] fraction of the frame the unit sphere spans
+    shift: torch.Tensor | None = None   # [B, 2] image-plane offset of the object (half-frame units)
+    toon: torch.Tensor | None = None    # [B] shading levels (0 = smooth, n > 0 = n flat bands)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ViewParams:
+        """The view with ``fn`` applied to every tensor (unset style options stay None)."""
+        return ViewParams(**{k: None if v is None else fn(v) for k, v in self.__dict__.items()})
 
     def to(self, device: torch.device | str) -> ViewParams:
-        return ViewParams(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return self.map(lambda t: t.to(device))
+
+    @staticmethod
+    def cat(views: Sequence[ViewParams]) -> ViewParams:
+        """Views stacked into one batch (a style option is set in all of them or in none)."""
+        def join(k: str) -> torch.Tensor | None:
+            parts = [getattr(v, k) for v in views]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return ViewParams(**{k: join(k) for k in views[0].__dict__})
 
 
 #: The canonical view: a three-quarter view from slightly above, grey-blue object on white.
@@ -146,8 +165,10 @@ def camera_frame(view: ViewParams) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def render(points: torch.Tensor, view: ViewParams, cfg: RenderConfig = RenderConfig(),
-           normals: torch.Tensor | None = None, spacing: torch.Tensor | None = None) -> torch.Tensor:
-    """Render points [B, N, 3] to images [B, 3, H, W] in [0, 1].
+           normals: torch.Tensor | None = None, spacing: torch.Tensor | None = None,
+           return_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Render points [B, N, 3] to images [B, 3, H, W] in [0, 1] (and, with ``return_mask``, the
+    object's pixels [B, 1, H, W] bool).
 
     ``normals``/``spacing`` may be passed in (e.g. precomputed per shape for training); otherwise they
     are estimated from the ``cfg.k`` nearest neighbours.
@@ -167,11 +188,16 @@ def render(points: torch.Tensor, view: ViewParams, cfg: RenderConfig = RenderCon
     depth = cam[..., 2].clamp_min(1e-3)
     # focal length (in half-frame units) such that the unit sphere spans `fill` of the frame
     half_angle = torch.asin((1.0 / view.dist).clamp(max=0.999))
-    focal = cfg.fill / torch.tan(half_angle)                          # [B]
+    fill = cfg.fill if view.fill is None else view.fill
+    focal = fill / torch.tan(half_angle)                              # [B]
     half = size / 2.0
     px = cam[..., 0] / depth * focal[:, None] * half + half - 0.5     # [B, N] pixel coordinates
     py = -cam[..., 1] / depth * focal[:, None] * half + half - 0.5
-    radius = (cfg.splat_scale * spacing / depth * focal[:, None] * half).clamp(0.5, max(1.0, cfg.max_splat_frac * size))
+    if view.shift is not None:
+        px = px + view.shift[:, :1] * half
+        py = py - view.shift[:, 1:] * half
+    splat = cfg.splat_scale if view.splat is None else cfg.splat_scale * view.splat[:, None]
+    radius = (splat * spacing / depth * focal[:, None] * half).clamp(0.5, max(1.0, cfg.max_splat_frac * size))
 
     # z-buffer: key = quantised depth (high bits) | point index (low bits); the minimum key wins
     r_max = int(math.ceil(float(radius.max())))
@@ -205,6 +231,10 @@ def render(points: torch.Tensor, view: ViewParams, cfg: RenderConfig = RenderCon
     dnorm = (depth - (view.dist[:, None] - 1)) / 2.0                   # ~0 front .. 1 back of the unit sphere
     cue = 1.0 - cfg.depth_cue * dnorm.clamp(0, 1)
     amb = view.ambient[:, None]
+    if view.toon is not None:                                          # n flat bands of light (0: smooth)
+        levels = view.toon[:, None].float()
+        lambert = torch.where(levels > 0, (lambert * levels).ceil() / levels.clamp_min(1), lambert)
+        spec = torch.where(levels > 0, (spec > 0.12).float() * 0.25, spec)
     shade = (amb + (1 - amb) * lambert) * cue                          # [B, N]
     rgb_pts = (view.color[:, None, :] * shade[..., None] + spec[..., None]).clamp(0, 1)  # [B, N, 3]
 
@@ -213,7 +243,8 @@ def render(points: torch.Tensor, view: ViewParams, cfg: RenderConfig = RenderCon
     bg = view.bg_top[:, None, :] * (1 - t) + view.bg_bottom[:, None, :] * t             # [B, H, 3]
     bg = bg[:, :, None, :].expand(b, size, size, 3).reshape(b, size * size, 3)
     img = torch.where(hit.view(b, size * size, 1), rgb, bg)
-    return img.view(b, size, size, 3).permute(0, 3, 1, 2).contiguous()
+    img = img.view(b, size, size, 3).permute(0, 3, 1, 2).contiguous()
+    return (img, hit.view(b, 1, size, size)) if return_mask else img
 
 
 def render_canonical(points: torch.Tensor, cfg: RenderConfig = RenderConfig()) -> torch.Tensor:

@@ -123,13 +123,7 @@ def _large(q: QueryBatch) -> Iterator[Image.Image]:
 
 def seeded_random_views(seeds: Sequence[int]) -> ViewParams:
     """One :func:`random_view` per seed, stacked into a batch (the same view whatever the batching)."""
-    views = [random_view(1, torch.Generator().manual_seed(s)) for s in seeds]
-
-    def stack(k: str) -> torch.Tensor | None:                         # optional fields stay None
-        parts = [getattr(v, k) for v in views]
-        return None if parts[0] is None else torch.cat(parts)
-
-    return ViewParams(**{k: stack(k) for k in views[0].__dict__})
+    return ViewParams.cat([random_view(1, torch.Generator().manual_seed(s)) for s in seeds])
 
 
 def _random_view(q: QueryBatch) -> list[Image.Image]:

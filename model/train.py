@@ -31,6 +31,7 @@ from .dataset import PointDataset, load_dataset, make_split
 from .device import pick_device
 from .neighbours import NeighbourGraph, joint_features, knn_joint
 from .renderer import RenderConfig, knn_geometry, random_view, render
+from .styles import draw_training_images
 from .weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ class TrainConfig:
     neighbour_alpha: float = 0.5
     #: rebuild the neighbour graph from the current model every this many epochs (and on --resume)
     neighbour_refresh_epochs: int = 4
+    #: a CNN picture encoder starts from its pinned ImageNet weights (model.backbone)
+    pretrained_image: bool = True
+    #: the pretrained picture encoder's learning rate as a fraction of ``lr`` (fine-tuning)
+    image_lr_scale: float = 1.0
+    #: training pictures drawn in many styles (model.styles: splats, shading, outlines, icons, framing,
+    #: backgrounds, encodings); off: the renderer's random views only
+    image_styles: bool = False
     #: a step-based run (``cmah train --recipe``): the total optimiser steps. Warm-up and cosine run
     #: over steps, the run ends at exactly this step, and --resume restores the neighbour graph instead
     #: of rebuilding it (an exact resume). None: ``epochs`` / ``time_budget_min`` as above
@@ -198,7 +206,7 @@ class Trainer:
         self.show_progress = show_progress
         torch.manual_seed(tc.seed)
         self.model = CMAH(cfg).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+        self.opt = torch.optim.AdamW(self.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay,
                                      betas=(0.9, 0.999))
         self.augment = PointAugment(rotate_z=tc.rotate_points)
         self.render_cfg = render_config_for(cfg)
@@ -209,6 +217,8 @@ class Trainer:
         self.graph_epoch = -1      # epoch the graph was last built, or kept at a skipped rebuild
         self.graph_step = -1       # step the graph was last built (step-based runs)
         self.graph_builds: list[dict[str, float]] = []
+        if cfg.image.is_cnn and tc.pretrained_image:     # a checkpoint or --init-from below replaces it
+            self.model.encoder.image_encoder.load_imagenet()
         ckpt = self.out / CHECKPOINT_FILE
         if resume and ckpt.is_file():
             self._load_checkpoint(ckpt)
@@ -221,6 +231,15 @@ class Trainer:
         self.step_fn = self.model.forward_loss
         if tc.compile:
             self.step_fn = torch.compile(self.model.forward_loss)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: a pretrained CNN picture encoder learns at ``image_lr_scale`` x the rate."""
+        image = [p for p in self.model.encoder.image_encoder.parameters() if p.requires_grad]
+        if not (self.cfg.image.is_cnn and self.tc.pretrained_image) or self.tc.image_lr_scale == 1.0:
+            return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        ids = {id(p) for p in image}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": image, "lr_scale": self.tc.image_lr_scale}, {"params": rest, "lr_scale": 1.0}]
 
     @staticmethod
     def _check_step_settings(tc: TrainConfig) -> None:
@@ -249,11 +268,15 @@ class Trainer:
     def batch(self, idx: np.ndarray, normals: np.ndarray, spacing: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One training pair batch: rendered images [B, 3, H, W] and augmented points [B, N, 3]."""
         pts = torch.from_numpy(self.data.points[idx]).float()
+        geometry = (pts.to(self.device), torch.from_numpy(normals[idx]).float().to(self.device),
+                    torch.from_numpy(spacing[idx]).float().to(self.device))
         with torch.no_grad():
-            view = random_view(len(idx), self.gen, azim_spread=self.tc.view_azim_spread)
-            images = render(pts.to(self.device), view, self.render_cfg,
-                            torch.from_numpy(normals[idx]).float().to(self.device),
-                            torch.from_numpy(spacing[idx]).float().to(self.device))
+            if self.tc.image_styles:
+                images = draw_training_images(*geometry, self.gen, self.render_cfg,
+                                              azim_spread=self.tc.view_azim_spread)
+            else:
+                view = random_view(len(idx), self.gen, azim_spread=self.tc.view_azim_spread)
+                images = render(geometry[0], view, self.render_cfg, *geometry[1:])
             points = resample_points(self.augment(pts, self.gen), self.cfg.points.num_points, self.gen)
         return images, points.to(self.device)
 
@@ -424,7 +447,7 @@ class Trainer:
                 else:
                     lr = lr_at_step(self.step, tc)
                 for group in self.opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = self.step_fn(images, points, self.gen, neighbours, tc.neighbour_alpha)
                 self.opt.zero_grad(set_to_none=True)

