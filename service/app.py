@@ -34,7 +34,8 @@ from .codes_model import CodesModelError, check_codes_model, short
 from .engine import InferenceEngine
 from .errors import install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
-from .jobs import JOB_DB, UPLOAD_DIR, JobRunner, JobStore
+from .job_store import JOB_DB, JobStore
+from .jobs import UPLOAD_DIR, JobRunner
 from .memory import MemoryTrimmer
 from .metrics import LatencyMiddleware, Metrics
 from .preflight import check_store

@@ -15,7 +15,8 @@ from .auth import admin_refusal
 from .engine import InferenceEngine
 from .errors import APIError
 from .indexing import ItemWriter
-from .jobs import JobRunner, JobStore
+from .job_store import JobStore
+from .jobs import JobRunner
 from .memory import MemoryTrimmer
 from .metrics import Metrics
 from .settings import Settings

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
-from ..jobs import Job, JobFileError, job_kind, path_kind, resolve_import
+from ..import_paths import JobFileError, job_kind, path_kind, resolve_import
+from ..job_store import Job
 from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus, PathJob
 from ..state import AdminDep, Running, RunningDep
 from ..uploads import CHUNK, OneFile

@@ -14,7 +14,8 @@ from svc_helpers import admin_headers, ply_bytes, png_bytes, wait_job, wait_read
 
 from model.dataset import load_dataset, save_dataset
 from service.app import create_app
-from service.jobs import FILE_GONE, JOB_DB, JobStore
+from service.job_store import JOB_DB, JobStore
+from service.jobs import FILE_GONE
 
 JOBS = "/api/v1/admin/jobs"
 

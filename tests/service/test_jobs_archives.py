@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from svc_helpers import admin_headers, job_items, ply_bytes, png_bytes, wait_job, wait_ready
 
 from service.app import create_app
-from service.jobs import BOMB_MIN_BYTES, BOMB_RATIO
+from service.archives import BOMB_MIN_BYTES, BOMB_RATIO
 
 JOBS = "/api/v1/admin/jobs"
 ZEROS = 200 * 1024 * 1024  # 200 MB of zeros deflate to ~200 KB: a ratio of ~1000:1

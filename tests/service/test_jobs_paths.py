@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from svc_helpers import admin_headers, job_items, ply_bytes, wait_job, wait_ready
 
 from service.app import create_app
-from service.jobs import JOB_DB, UPLOAD_DIR
+from service.job_store import JOB_DB
+from service.jobs import UPLOAD_DIR
 
 FROM_PATH = "/api/v1/admin/jobs/from-path"
 JOBS = "/api/v1/admin/jobs"

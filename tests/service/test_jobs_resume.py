@@ -28,7 +28,8 @@ from model.dataset import load_dataset, save_dataset
 from model.encode import Encoder
 from service.app import create_app
 from service.indexing import ItemWriter
-from service.jobs import JOB_DB, UPLOAD_DIR, JobStore
+from service.job_store import JOB_DB, JobStore
+from service.jobs import UPLOAD_DIR
 
 logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
