@@ -16,13 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from index.store import CODES_MODEL_KEY, HashStore
+from model.dataset import load_dataset
+from model.io import InputError, load_points, read_image, sniff_kind
+from model.manifest import weights_id
 
-from .codes_model import CodesModelError, check_codes_model, short
-from .reencode import reencode_items
-from .settings import Settings
+from ..codes_model import CodesModelError, check_codes_model, short
+from ..reencode import reencode_items
+from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ def _writer(settings: Settings, store: HashStore):  # -> ItemWriter (torch is im
     from model.device import set_cpu_threads
     from model.encode import Encoder
 
-    from .indexing import ItemWriter
+    from ..indexing import ItemWriter
 
     threads = set_cpu_threads(settings.torch_threads)
     encoder = Encoder.from_weights(settings.weights_dir, device=settings.device)
@@ -63,8 +67,6 @@ def _writer(settings: Settings, store: HashStore):  # -> ItemWriter (torch is im
 
 # ---------------------------------------------------------------------------------------------- info
 def cmd_info(args: argparse.Namespace) -> int:
-    from model.manifest import weights_id
-
     settings = _settings(args)
     if not (settings.data_dir / "items.sqlite3").is_file():
         raise IndexCommandError(f"{settings.data_dir}: no index here (it is created by `cmah serve` or "
@@ -107,8 +109,6 @@ def _kind(path: Path) -> str | None:
 def _find(paths: list[str]) -> _Found:
     """Sort the arguments (files, and folders walked recursively in name order) by kind; a file named
     on the command line that does not exist or has an unknown type is an error."""
-    from model.io import sniff_kind
-
     found = _Found()
     for arg in paths:
         p = Path(arg)
@@ -134,9 +134,6 @@ def _find(paths: list[str]) -> _Found:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from model.dataset import load_dataset
-    from model.io import InputError, load_points, read_image
-
     settings = _settings(args)
     found = _find(args.paths)
     # a bad dataset file fails here, before anything is added
@@ -172,8 +169,6 @@ def cmd_add(args: argparse.Namespace) -> int:
                             failed.append(f"{f}: {exc}")
                     labels = [args.label] * len(names)
                     if kind == "cloud" and data:
-                        import numpy as np
-
                         writer.add_clouds(np.stack(data), names, labels, source or "cli")
                         shapes += len(data)
                     elif data:
@@ -200,8 +195,6 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         raise IndexCommandError(f"{settings.data_dir}: no index here")
     with _open(settings) as store:
         if args.assume_current:
-            from model.manifest import weights_id
-
             current = weights_id(settings.weights_dir)
             store.set_value(CODES_MODEL_KEY, current)
             print(f"recorded weights {short(current)}… as the ones that made the codes of "  # noqa: T201
@@ -225,10 +218,9 @@ def cmd_reencode(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     """Register ``cmah index`` and its subcommands."""
-    ix = sub.add_parser("index", help="the service's index from the command line: info, add, reencode",
-                        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ix = sub.add_parser(name, help=help, description=__doc__.split("\n\n")[0] if __doc__ else None)
     isub = ix.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
