@@ -33,6 +33,9 @@ COMMANDS = {
     "synth": ("files", "write a synthetic dataset (spheres, boxes, tori …) in the dataset format"),
     "serve": ("serve", "start the HTTP service on the shipped weights"),
     "index": ("index", "the service's index from the command line: info, add, reencode"),
+    "weights": ("checkpoints", "weights directories: average several into one"),
+    "checkpoint": ("checkpoints", "training checkpoints: slim one to start another run from"),
+    "data": ("data", "dataset files: quantize to uint8 (to carry to the GPU machine), restore"),
 }
 
 #: (module, exception names) a command reports as one line.

@@ -7,13 +7,13 @@
 #   all                 bench, then train-cpu (the default plan for a session: one call of ~9 minutes)
 #   train-cpu           `cpu` config: train (time-limited, --resume), refit-heads, eval trained + refit + shipped
 #   train-cpu-continue  as train-cpu, starting with --init-from device-carry/init.pt (a slim checkpoint
-#                       brought back by an earlier session, or made here: scripts/slim_checkpoint.py)
+#                       brought back by an earlier session, or made here: cmah checkpoint slim)
 #   train-paper         `paper` config: train, eval (its weights, 219 MB, are too big to come back)
 #   bench               bench/encode.py, bench/cuda_graphs.py (+ its tests), bench/search_gpu.py on CUDA, eval
 #                       of the shipped weights
 #   eval                eval of the shipped weights (or CMAH_EVAL_WEIGHTS=DIR)
 #
-# It dequantises the carried data (device-carry/modelnet40_train_q8.npz, scripts/quantize_dataset.py)
+# It dequantises the carried data (device-carry/modelnet40_train_q8.npz, cmah data quantize / restore)
 # into a temporary folder, runs the job's steps, each under a wall-clock limit so that the whole command
 # ends by CMAH_DEADLINE_S (default 540 s: 60 s inside the tool's 600 s), and leaves in $OUT (at most 8
 # files, each at most 16 MiB):
@@ -177,7 +177,7 @@ finish() {
     set +e
     pack
     if [[ -n $CONFIG && -f $RUN/checkpoint.pt ]]; then
-        "$PY" scripts/slim_checkpoint.py "$RUN/checkpoint.pt" "$WORK/checkpoint-slim.pt" \
+        "$PY" -m service.cli checkpoint slim "$RUN/checkpoint.pt" "$WORK/checkpoint-slim.pt" \
             && put "$WORK/checkpoint-slim.pt" checkpoint-slim.pt
         say "full checkpoint $RUN/checkpoint.pt: $(( $(stat -c %s "$RUN/checkpoint.pt") / 1048576 )) MiB, stays on the machine"
     fi
@@ -232,15 +232,15 @@ fi
 DATA=$WORK/modelnet40_train.npz
 if [[ $CONFIG != "" || $JOB == eval || $JOB == bench ]]; then
     if [[ -f $DATA_Q ]]; then
-        step restore-data 120 "$PY" scripts/quantize_dataset.py --restore "$DATA_Q" "$DATA" --no-compress \
+        step restore-data 120 "$PY" -m service.cli data restore "$DATA_Q" "$DATA" --no-compress \
             || die "could not restore $DATA_Q"
     elif [[ $DRY == 1 ]]; then
         say "dry run: $DATA_Q missing, quantising a synthetic dataset instead"
         "$PY" -c "from model.synthetic import write_synthetic; write_synthetic('$WORK/synth.npz', n_per_class=40)"
-        "$PY" scripts/quantize_dataset.py "$WORK/synth.npz" "$WORK/synth_q8.npz"
-        "$PY" scripts/quantize_dataset.py --restore "$WORK/synth_q8.npz" "$DATA" --no-compress
+        "$PY" -m service.cli data quantize "$WORK/synth.npz" "$WORK/synth_q8.npz"
+        "$PY" -m service.cli data restore "$WORK/synth_q8.npz" "$DATA" --no-compress
     else
-        die "$DATA_Q is missing: make it with 'python scripts/quantize_dataset.py ../shared/data/modelnet40_train.npz $DATA_Q' and name 'device-carry' in carry"
+        die "$DATA_Q is missing: make it with 'cmah data quantize ../shared/data/modelnet40_train.npz $DATA_Q' and name 'device-carry' in carry"
     fi
     if [[ $DRY == 1 ]]; then   # a random subset, so that the CPU pipeline takes a few minutes
         "$PY" - "$DATA" "${CMAH_DRY_SHAPES:-240}" <<'EOF'

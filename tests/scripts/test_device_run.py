@@ -1,5 +1,5 @@
 """The GPU-session tooling that can be checked without a GPU: scripts/gpu/device_run.sh's refusals, and that
-the code paths it runs (cmah train / eval / refit-heads, bench/search_gpu.py, scripts/slim_checkpoint.py)
+the code paths it runs (cmah train / eval / refit-heads / checkpoint slim / data restore, bench/search_gpu.py)
 import nothing the GPU machine lacks (scripts/gpu/device_sim makes FAISS, pydantic, FastAPI... unimportable).
 The whole pipeline's CPU dry run (``bash scripts/gpu/device_run.sh --dry-run all``) takes a minute or more
 and is run by hand (docs/development.md, "Using a GPU session")."""
@@ -52,7 +52,7 @@ def test_train_slim_init_and_eval_without_service_packages(synth_npz: Path, tiny
             "--time-budget-min", "5")
     assert r.returncode == 0, r.stderr
     slim = tmp_path / "slim.pt"
-    r = _py("scripts/slim_checkpoint.py", str(run / "checkpoint.pt"), str(slim))
+    r = _py("-m", "service.cli", "checkpoint", "slim", str(run / "checkpoint.pt"), str(slim))
     assert r.returncode == 0, r.stderr
     ck = torch.load(slim, weights_only=False)
     assert "optimizer" not in ck and all(v.dtype != torch.float32 for v in ck["model"].values())
@@ -63,6 +63,16 @@ def test_train_slim_init_and_eval_without_service_packages(synth_npz: Path, tiny
             "--timing-repeats", "1", "--device", "cpu", "--quiet", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "16" in json.loads(out.read_text())["map"]["i2p"]
+
+
+def test_data_restore_without_service_packages(synth_npz: Path, tmp_path: Path) -> None:
+    """device_run.sh restores the carried dataset with ``cmah data restore``."""
+    q8, restored = tmp_path / "q8.npz", tmp_path / "restored.npz"
+    r = _py("-m", "service.cli", "data", "quantize", str(synth_npz), str(q8))
+    assert r.returncode == 0, r.stderr
+    r = _py("-m", "service.cli", "data", "restore", str(q8), str(restored), "--no-compress", "--check", str(synth_npz))
+    assert r.returncode == 0, r.stderr
+    assert "labels/names/classes equal" in r.stdout
 
 
 def test_search_gpu_bench_runs_without_faiss(tmp_path: Path) -> None:
