@@ -21,7 +21,8 @@ CMAH = [sys.executable, "-m", "service.cli"]
 
 def test_help_lists_the_subcommands():
     out = subprocess.run([*CMAH, "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("train", "eval", "encode", "render", "serve", "synth"):
+    for cmd in ("train", "refit-heads", "eval", "encode", "render", "serve", "synth", "index", "weights", "checkpoint",
+                "data"):
         assert cmd in out
 
 
