@@ -51,7 +51,8 @@ def test_shipped_recipes_load():
     assert pretrain.train.batch_size == main_stage.train.batch_size == 16 and main_stage.train.seed == 1
     for name in ("cpu", "gpu"):
         recipe = load_recipe(name)
-        assert recipe.model.name == "cpu" and recipe.stages[-1].kind == "average"
+        assert recipe.model.name == "mobile" and recipe.stages[-1].kind == "average"
+        assert all(s.train.image_styles for s in recipe.stages if s.kind == "train")
     assert load_recipe(RECIPES_DIR / "tiny.toml").sha256 == tiny.sha256      # by path too
 
 
