@@ -238,6 +238,8 @@ def test_admin_tab_uploads_a_dataset_and_follows_the_job(page: Any, demo_npz: Pa
 
     page.fill("#token", ADMIN_TOKEN)
     page.click("#token-form button[type=submit]")
+    # Save asks the service before it keeps the token: wait for that answer, then look
+    expect(page.locator("#token-status")).to_have_text("A token is saved for this tab.")
     assert page.evaluate("sessionStorage.getItem('cmah.adminToken')") == ADMIN_TOKEN
     page.click("#job-button")
     job = page.locator("#job")
@@ -323,9 +325,12 @@ def test_content_decides_over_the_file_name(page: Any, shape_points: np.ndarray,
 
 
 def _admin_tab(page: Any) -> None:
+    from playwright.sync_api import expect
+
     page.click("#tab-admin")
     page.fill("#token", ADMIN_TOKEN)
     page.click("#token-form button[type=submit]")
+    expect(page.locator("#token-status")).to_have_text("A token is saved for this tab.")  # checked, kept
 
 
 def test_save_checks_the_token(page: Any) -> None:
