@@ -9,7 +9,6 @@ carry their own fine-tuned copy, so serving never reads it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .dataset import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ MOBILENET_V2 = PretrainedFile(
 )
 
 PRETRAINED: dict[str, PretrainedFile] = {"mobilenetv2": MOBILENET_V2}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pretrained_path(arch: str) -> Path:

@@ -3,7 +3,6 @@ evaluation, sha256 of every file). The loader verifies the checksums and the con
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .cmah import HashEncoder
 from .config import CMAHConfig
+from .dataset import file_sha256
 from .manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -27,14 +27,6 @@ from .manifest import (
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "SHIPPED_WEIGHTS_DIR", "WEIGHTS_FILE", "WeightsError", "load_weights",
            "read_manifest", "save_weights", "weights_id", "write_manifest"]
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def save_weights(encoder: HashEncoder, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the inference model as fp16 safetensors + manifest (atomically per file)."""
@@ -49,7 +41,7 @@ def save_weights(encoder: HashEncoder, out_dir: str | Path, extra: dict[str, Any
         "config": encoder.cfg.to_dict(),
         "bits": list(encoder.cfg.bits),
         "parameters": int(sum(v.numel() for v in state.values())),
-        "files": {WEIGHTS_FILE: {"sha256": _sha256(out / WEIGHTS_FILE),
+        "files": {WEIGHTS_FILE: {"sha256": file_sha256(out / WEIGHTS_FILE),
                                  "bytes": (out / WEIGHTS_FILE).stat().st_size}},
     }
     manifest.update(extra or {})
@@ -77,7 +69,7 @@ def load_weights(weights_dir: str | Path = SHIPPED_WEIGHTS_DIR, device: str | to
         path = d / name
         if not path.is_file():
             raise WeightsError(f"{d}: missing file {name}")
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != info.get("sha256"):
             raise WeightsError(f"{path}: sha256 mismatch (manifest {info.get('sha256', '')[:12]}…, "
                                f"file {digest[:12]}…): corrupt or replaced weights")
