@@ -1,9 +1,11 @@
-"""Encoder speed: single-input latency, peak batched throughput, and the service's dynamic batching.
+"""Encoder speed: single-input latency, peak batched throughput, the service's dynamic batching, and
+batch-1 latency end to end (upload bytes in, codes out), beside other weights measured in the same run.
 
-    .venv/bin/python bench/encode.py [--weights DIR] [--devices cpu cuda] [--n 50] [--warmup 5]
-                                     [--batches 1 4 8 16 32 64] [--seconds 1.0] [--threads N]
-                                     [--callers 32] [--requests 20] [--max-batch 32] [--max-wait-ms 5]
-                                     [--skip-engine] [--cpu-parallel chunks intra-op] [--json FILE]
+    .venv/bin/python bench/encode.py [--weights DIR] [--baseline-weights DIR ...] [--devices cpu cuda]
+                                     [--n 50] [--warmup 5] [--batches 1 4 8 16 32 64] [--seconds 1.0]
+                                     [--threads N] [--callers 32] [--requests 20] [--max-batch 32]
+                                     [--max-wait-ms 5] [--skip-model] [--skip-engine] [--skip-e2e]
+                                     [--cpu-parallel chunks intra-op] [--json FILE]
 
 (a) **Model** (``model.encode.Encoder``, preprocessed tensors in, packed codes out, per modality):
 
@@ -22,6 +24,16 @@ once with ``max_batch = --max-batch`` (the service default, 32) and once with ``
 (one input per model call); inputs/s of the whole run, the mean model batch and the per-request
 latency, and the speed-up. Rows: image callers only, point callers only, and half of each.
 
+(c) **End to end, batch 1**, per device and CPU mode: the bytes of an upload through what a search request
+runs before and in the model (``service.routes.search._preprocess``: content sniffing, ``read_image`` /
+``load_points`` with the service's default limits, ``Encoder.image_tensor`` / ``points_tensor``), then
+the model on that one input to packed codes (farthest point sampling and grouping happen inside the
+point encoder). Not included: HTTP, the engine's queue and the index search. Files: PNG and JPEG (quality
+90) of canonical renders at 512 px and binary PLY files (1,024 points) of 8 demo shapes, used in turn;
+``--warmup`` calls, then mean / p50 / p90 of ``--n``, and the mean of the part before the model. The same
+rows are measured for every ``--baseline-weights`` directory, one after the other per row, and each gets
+its ratio to ``--weights``.
+
 Inputs are the demo shapes (``model/assets/demo_modelnet40.npz``, normalised 1,024-point clouds) and
 their canonical renders, i.e. what the service encodes. Prints markdown tables naming the machine.
 """
@@ -29,6 +41,7 @@ their canonical renders, i.e. what the service encodes. Prints markdown tables n
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -36,6 +49,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # As `cmah` (service/cli.py) does before torch loads its OpenMP runtime: threads that yield instead of
 # spinning while they wait. Without it, on a 2-core machine, batch-1 image calls in this process took
@@ -49,11 +63,20 @@ from model.device import cpu_name
 from model.encode import Encoder
 from model.weights import SHIPPED_WEIGHTS_DIR, read_manifest
 from service.engine import InferenceEngine
+from service.routes.search import _preprocess as service_preprocess
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = ROOT / "model" / "assets" / "demo_modelnet40.npz"
 KINDS = ("image", "points")
+E2E_SHAPES = 8
+E2E_PICTURE_PX = 512
+JPEG_QUALITY = 90
+#: end-to-end inputs: label -> (modality, upload file name)
+E2E_INPUTS = {f"PNG {E2E_PICTURE_PX} px": ("image", "shape.png"),
+              f"JPEG {E2E_PICTURE_PX} px (q {JPEG_QUALITY})": ("image", "shape.jpg"),
+              "binary PLY": ("points", "shape.ply")}
 
 
 # ------------------------------------------------------------------------------------------ machine
@@ -73,18 +96,28 @@ def load_avg() -> str:
         return "n/a"
 
 
+def describe_weights(weights_dir: str, enc: Encoder) -> dict:
+    manifest = read_manifest(weights_dir)
+    return dict(weights=weights_dir, config=manifest.get("config", {}).get("name", "?"),
+                parameters=int(manifest.get("parameters", 0)), image_size=enc.image_size, num_points=enc.num_points)
+
+
 # ------------------------------------------------------------------------------------------ inputs
-def make_inputs(enc: Encoder, n: int) -> dict[str, torch.Tensor]:
-    """``n`` preprocessed inputs per kind on the CPU: clouds [n, P, 3] and their renders [n, 3, S, S]."""
+def demo_clouds(n: int) -> np.ndarray:
+    """The demo shapes' clouds float32 [M, P, 3] (at least ``n`` synthetic ones where the set is missing)."""
     if DEMO.is_file():
         from model.dataset import load_dataset
 
-        pts = load_dataset(DEMO).points
-    else:  # pragma: no cover - the demo set ships with the repository
-        from model.synthetic import make_synthetic
+        return load_dataset(DEMO).points.astype(np.float32)
+    from model.synthetic import make_synthetic  # pragma: no cover - the demo set ships with the repository
 
-        pts = make_synthetic(n_per_class=-(-n // 8), n_points=1024, seed=0).points
-    pts = np.resize(pts.astype(np.float32), (n, *pts.shape[1:]))  # repeats the set cyclically if n > len
+    return make_synthetic(n_per_class=-(-n // 8), n_points=1024, seed=0).points.astype(np.float32)
+
+
+def make_inputs(enc: Encoder, n: int) -> dict[str, torch.Tensor]:
+    """``n`` preprocessed inputs per kind on the CPU: clouds [n, P, 3] and their renders [n, 3, S, S]."""
+    pts = demo_clouds(n)
+    pts = np.resize(pts, (n, *pts.shape[1:]))  # repeats the set cyclically if n > len
     from model.io import normalize_points
 
     clouds = enc.points_tensor(np.stack([normalize_points(p, n_points=p.shape[0]) for p in pts]))
@@ -94,6 +127,29 @@ def make_inputs(enc: Encoder, n: int) -> dict[str, torch.Tensor]:
 
 def encode_fn(enc: Encoder, kind: str):
     return enc.encode_image_tensors if kind == "image" else enc.encode_point_tensors
+
+
+def make_files() -> dict[str, list[bytes]]:
+    """Upload bytes per ``E2E_INPUTS`` label, one file per demo shape (``E2E_SHAPES`` spread over the set)."""
+    from PIL import Image
+
+    from model.io import write_ply
+    from model.renderer import RenderConfig, render_canonical, to_uint8
+
+    pts = demo_clouds(E2E_SHAPES)
+    clouds = pts[np.linspace(0, len(pts) - 1, E2E_SHAPES).round().astype(int)]
+    pixels = to_uint8(render_canonical(torch.from_numpy(clouds), RenderConfig(image_size=E2E_PICTURE_PX))).numpy()
+    savers = (lambda i, f: Image.fromarray(pixels[i]).save(f, format="PNG"),
+              lambda i, f: Image.fromarray(pixels[i]).save(f, format="JPEG", quality=JPEG_QUALITY),
+              lambda i, f: write_ply(f, clouds[i], binary=True))
+    files: dict[str, list[bytes]] = {}
+    for label, save in zip(E2E_INPUTS, savers, strict=True):
+        files[label] = []
+        for i in range(E2E_SHAPES):
+            buf = io.BytesIO()
+            save(i, buf)
+            files[label].append(buf.getvalue())
+    return files
 
 
 # ------------------------------------------------------------------------------------------ (a) model
@@ -184,11 +240,66 @@ def bench_engine(enc: Encoder, inputs: dict[str, torch.Tensor], args: argparse.N
     return rows
 
 
+# ------------------------------------------------------------------------------------------ (c) end to end
+def time_e2e(enc: Encoder, label: str, files: list[bytes], args: argparse.Namespace) -> dict:
+    """``args.warmup`` then ``args.n`` timed uploads of ``files`` (in turn) through preprocessing and the model."""
+    kind, name = E2E_INPUTS[label]
+    run, fn = SimpleNamespace(settings=Settings(), encoder=enc), encode_fn(enc, kind)
+    total, prep = [], []
+    for i in range(args.warmup + args.n):
+        t0 = time.perf_counter()
+        x = service_preprocess(run, kind, files[i % len(files)], name)  # type: ignore[arg-type]
+        t1 = time.perf_counter()
+        fn(x[None])
+        if i >= args.warmup:
+            total.append(time.perf_counter() - t0)
+            prep.append(t1 - t0)
+    ms = np.array(total) * 1000
+    return dict(mean_ms=float(ms.mean()), p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
+                prep_mean_ms=float(np.mean(prep) * 1000))
+
+
+def bench_e2e(encs: dict[str, Encoder], files: dict[str, list[bytes]], device: str,
+              args: argparse.Namespace) -> list[dict]:
+    """One row per input; in each, every weights directory of ``encs`` (the first is the reference)."""
+    rows = []
+    for label in E2E_INPUTS:
+        per = [dict(weights=w, **time_e2e(enc, label, files[label], args)) for w, enc in encs.items()]
+        for r in per:
+            r["ratio"] = r["mean_ms"] / per[0]["mean_ms"]
+        rows.append(dict(device=device, input=label, kind=E2E_INPUTS[label][0], weights=per))
+        print(f"  e2e {device} {label}: " + ", ".join(f"{r['weights']} {r['mean_ms']:.2f} ms" for r in per),
+              file=sys.stderr)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ output
-def markdown(meta: dict, model_rows: list[dict], engine_rows: list[dict], args: argparse.Namespace) -> str:
+def weights_phrase(w: dict) -> str:
+    return (f"`{w['weights']}` (config `{w['config']}`, {w['parameters']:,} parameters, image {w['image_size']} px, "
+            f"{w['num_points']} points)")
+
+
+def markdown_e2e(meta: dict, rows: list[dict], args: argparse.Namespace) -> list[str]:
+    names = [meta["weights"]] + [w["weights"] for w in meta["baselines"]]
+    out = [f"### End to end, batch 1: upload bytes to codes (ms per input; mean (p50 / p90) of {args.n} after "
+           f"{args.warmup} warm-up; \"prep\" = sniff + decode + validate + resize or read + normalise)", "",
+           "| device | input | " + " | ".join(f"`{w}` | prep" for w in names)
+           + "".join(f" | `{w}` ÷ `{names[0]}`" for w in names[1:]) + " |",
+           "|---|---|" + "---:|---:|" * len(names) + "---:|" * (len(names) - 1)]
+    for r in rows:
+        cells = [f"{w['mean_ms']:.2f} ({w['p50_ms']:.2f} / {w['p90_ms']:.2f}) | {w['prep_mean_ms']:.2f}"
+                 for w in r["weights"]]
+        out.append(f"| {r['device']} | {r['input']} | " + " | ".join(cells)
+                   + "".join(f" | ×{w['ratio']:.2f}" for w in r["weights"][1:]) + " |")
+    return out
+
+
+def markdown(meta: dict, model_rows: list[dict], engine_rows: list[dict], e2e_rows: list[dict],
+             args: argparse.Namespace) -> str:
     out = [f"**Machine:** {meta['machine']}", "",
-           f"**Weights:** `{meta['weights']}` (config `{meta['config']}`, {meta['parameters']:,} parameters, "
-           f"image {meta['image_size']} px, {meta['num_points']} points); load average at start {meta['load']}", ""]
+           f"**Weights:** {weights_phrase(meta)}; load average at start {meta['load']}", ""]
+    out += [f"**Baseline weights:** {weights_phrase(w)}" for w in meta["baselines"]]
+    out += [""] if meta["baselines"] else []
     if model_rows:
         out += [f"### Model: batch-1 latency (mean of {args.n} after {args.warmup} warm-up) and peak batched "
                 "throughput", "",
@@ -214,6 +325,8 @@ def markdown(meta: dict, model_rows: list[dict], engine_rows: list[dict], args: 
             out.append(f"| {r['workload']} | {b['per_s']:.1f} | {b['mean_batch']:.1f} / {b['largest_batch']} | "
                        f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['per_s']:.1f} | {s['p50_ms']:.1f} / "
                        f"{s['p99_ms']:.1f} | **×{r['speedup']:.2f}** | {b['errors'] + s['errors']} |")
+    if e2e_rows:
+        out += ([""] if out[-1] else []) + markdown_e2e(meta, e2e_rows, args)
     return "\n".join(out)
 
 
@@ -221,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=str(SHIPPED_WEIGHTS_DIR), help="weights directory (default: weights/)")
+    p.add_argument("--baseline-weights", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="more weights directories: the end-to-end rows for each, with the ratio to --weights")
     p.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: as the service, all cores)")
     p.add_argument("--n", type=int, default=50, help="timed batch-1 calls per modality (default 50)")
@@ -232,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32, help="engine max_batch of the batched run (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="engine max_wait_ms (default 5, as the service)")
     p.add_argument("--engine-timeout", type=float, default=600.0, help="bound on one engine run in seconds")
-    p.add_argument("--skip-model", action="store_true", help="only the dynamic-batching part")
-    p.add_argument("--skip-engine", action="store_true", help="only the model part")
+    p.add_argument("--skip-model", action="store_true", help="no model part (preprocessed tensors)")
+    p.add_argument("--skip-engine", action="store_true", help="no dynamic-batching part")
+    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end part")
     p.add_argument("--cpu-parallel", nargs="+", choices=["chunks", "intra-op"], default=["chunks", "intra-op"],
                    help="CPU modes to measure (as CMAH_CPU_PARALLEL; default: both, the service's first)")
     p.add_argument("--json", help="also write the results here")
@@ -245,19 +361,21 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = set_cpu_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    manifest = read_manifest(args.weights)
-    meta: dict = dict(machine=machine_line(threads), weights=args.weights, load=load_avg(),
-                      config=manifest.get("config", {}).get("name", "?"), parameters=int(manifest.get("parameters", 0)))
+    meta: dict = dict(machine=machine_line(threads), load=load_avg())
     model_rows: list[dict] = []
     engine_rows: list[dict] = []
+    e2e_rows: list[dict] = []
     n_inputs = max(64, max(args.batches), args.callers)
+    files = make_files() if not args.skip_e2e else {}
     for i, dev in enumerate(devices):
         enc = Encoder.from_weights(args.weights, device=dev)
-        meta.update(image_size=enc.image_size, num_points=enc.num_points)
-        inputs = make_inputs(enc, n_inputs)
+        bases = {w: Encoder.from_weights(w, device=dev) for w in args.baseline_weights if w != args.weights}
+        meta.update(describe_weights(args.weights, enc), baselines=[describe_weights(w, b) for w, b in bases.items()])
+        inputs = make_inputs(enc, n_inputs) if not (args.skip_model and args.skip_engine) else {}
         for mode in (args.cpu_parallel if enc.device.type == "cpu" else ["-"]):
             if mode != "-":
-                enc.use_cpu_threads(threads, mode)
+                for e in (enc, *bases.values()):
+                    e.use_cpu_threads(threads, mode)
             label = str(enc.device) if mode == "-" else f"{enc.device} ({mode})"
             if not args.skip_model:
                 rows = bench_model(enc, inputs, args)
@@ -266,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
                 meta["engine_device"] = str(enc.device)
                 engine_rows += [dict(r, workload=f"{r['workload']}, {mode}" if mode != "-" else r["workload"],
                                      mode=mode) for r in bench_engine(enc, inputs, args)]
-        enc.use_cpu_threads(threads, "intra-op")
-    print(markdown(meta, model_rows, engine_rows, args))
+            if not args.skip_e2e:
+                e2e_rows += [dict(r, mode=mode) for r in bench_e2e({args.weights: enc, **bases}, files, label, args)]
+        for e in (enc, *bases.values()):
+            e.use_cpu_threads(threads, "intra-op")
+    print(markdown(meta, model_rows, engine_rows, e2e_rows, args))
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(meta=meta, model=model_rows, engine=engine_rows,
+        Path(args.json).write_text(json.dumps(dict(meta=meta, model=model_rows, engine=engine_rows, e2e=e2e_rows,
                                                    args=vars(args)), indent=2) + "\n")
     errors = sum(r["batched"]["errors"] + r["single"]["errors"] for r in engine_rows)
     return 1 if errors else 0
