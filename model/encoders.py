@@ -98,13 +98,12 @@ class CNNImageEncoder(nn.Module):
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         self.cfg = cfg
         self.features = torchvision.models.mobilenet_v2().features   # ImageNet weights: model.backbone
-        self.frozen = nn.Sequential(*self.features[:cfg.frozen_blocks])
-        for p in self.frozen.parameters():
+        for p in self.features[:cfg.frozen_blocks].parameters():
             p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> CNNImageEncoder:
         super().train(mode)
-        self.frozen.eval()
+        self.features[:self.cfg.frozen_blocks].eval()
         return self
 
     def load_imagenet(self) -> None:
@@ -126,7 +125,7 @@ class CNNImageEncoder(nn.Module):
             tokens = tokens * keep[..., None]                             # [B, P, 3*p*p]
         s = self.cfg.image_size
         x = F.fold(tokens.transpose(1, 2), (s, s), self.cfg.patch_size, stride=self.cfg.patch_size)
-        n = len(self.frozen)
+        n = self.cfg.frozen_blocks
         if n:
             with torch.no_grad():
                 x = self.features[:n](x)
