@@ -10,6 +10,8 @@ from collections.abc import Callable
 from fastapi import Depends, Request, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model.io.contract import article
+
 from .errors import APIError, BodyTimeout, BodyTooLarge, error_response
 
 CHUNK = 1 << 20
@@ -34,13 +36,8 @@ def content_phrase(found: tuple[str, str]) -> str:
     """What ``sniff_kind`` found, for a message: ``"a PNG image"``, ``"an OBJ 3D file"``."""
     kind, fmt = found
     if kind == "image":
-        return f"{_article(fmt)} {fmt} image"
-    return f"{_article(fmt.upper())} {fmt.upper()} 3D file"
-
-
-def _article(name: str) -> str:
-    # N and X: formats read letter by letter (NPY, XYZ) start with a vowel sound
-    return "an" if name[:1].upper() in tuple("AEIOUNX") else "a"
+        return f"{article(fmt)} {fmt} image"
+    return f"{article(fmt.upper())} {fmt.upper()} 3D file"
 
 
 async def one_file_part(request: Request) -> None:

@@ -65,6 +65,11 @@ def plural(n: int, word: str) -> str:
 
 
 
+def article(name: str) -> str:
+    """``"a"`` or ``"an"`` for ``name``: "an OBJ", "a PNG" (formats read letter by letter: NPY, XYZ)."""
+    return "an" if name[:1].upper() in tuple("AEIOUNX") else "a"
+
+
 def read_source(source: str | os.PathLike | bytes | bytearray | memoryview, max_bytes: int,
                  name: str | None) -> tuple[bytes, str | None]:
     """The bytes of ``source`` (a path or bytes), refusing more than ``max_bytes`` before reading it all."""

@@ -21,7 +21,7 @@ import struct
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from model.io.contract import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, InputError, read_source
+from model.io.contract import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, InputError, article, read_source
 from model.io.sniff import image_kind, sniff_3d_format
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def read_image(source: str | os.PathLike | bytes, *, max_bytes: int = DEFAULT_MA
         except InputError:
             fmt3d = None
         if fmt3d is not None:
-            raise InputError("not_an_image", f"got a {fmt3d.upper()} 3D file, expected an image "
+            raise InputError("not_an_image", f"got {article(fmt3d)} {fmt3d.upper()} 3D file, expected an image "
                                              "(PNG, JPEG, WebP, BMP, GIF or TIFF)") from None
         raise InputError("not_an_image", "data is not a PNG, JPEG, WebP, BMP, GIF or TIFF image") from None
     except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import struct
 
-from model.io.contract import SUPPORTED_3D, InputError, file_ext
+from model.io.contract import SUPPORTED_3D, InputError, article, file_ext
 from model.io.parsing import is_float
 
 _TEXT_SNIFF_BYTES = 1 << 16
@@ -74,7 +74,7 @@ def sniff_3d_format(data: bytes, name: str | None = None) -> str:
         raise InputError("empty", "input is empty" if not data else "input contains only whitespace")
     kind = image_kind(data)
     if kind is not None:
-        raise InputError("not_a_3d_file", f"got a {kind} image, expected a 3D file ({SUPPORTED_3D})")
+        raise InputError("not_a_3d_file", f"got {article(kind)} {kind} image, expected a 3D file ({SUPPORTED_3D})")
     if data.startswith(b"\x93NUMPY"):
         return "npy"
     if re.match(rb"ply[ \t]*(?:\r\n|\n|\r)", data):

@@ -3,7 +3,7 @@
 // are shown as their vertices plus points sampled on the faces, so sparse meshes still look solid.
 // The content picks the reader (sniff.js); the name only when the content is not recognisable.
 import { SNIFF_BYTES, extension, sniff } from './sniff.js';
-import { PLYLoader } from './vendor/three/three.min.js';
+import { BufferGeometry, PLYLoader } from './vendor/three/three.min.js';
 
 const MAX_DISPLAY_POINTS = 200000;
 const FACE_SAMPLES = 8192;
@@ -35,7 +35,16 @@ function text(buffer) {
 function parsePly(buffer) {
   const head = text(buffer.slice(0, 4));
   if (!head.startsWith('ply')) throw new Error('not a PLY file (no "ply" header)');
-  const geometry = new PLYLoader().parse(buffer);
+  // PLYLoader bounds the raw vertices as it parses, NaN rows included (three.js then logs "Computed radius
+  // is NaN"); the view bounds only the finite points (finite() below), so skip that bound here.
+  const bound = BufferGeometry.prototype.computeBoundingSphere;
+  BufferGeometry.prototype.computeBoundingSphere = function skipBound() {};
+  let geometry;
+  try {
+    geometry = new PLYLoader().parse(buffer);
+  } finally {
+    BufferGeometry.prototype.computeBoundingSphere = bound;
+  }
   const pos = geometry.getAttribute('position');
   if (!pos || pos.count === 0) throw new Error('the PLY file has no vertices');
   const xyz = new Float32Array(pos.count * 3);

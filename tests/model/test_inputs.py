@@ -515,6 +515,19 @@ def test_malformed_image_corpus(data, kw, code):
     assert code_of(read_image, data, **kw) == code
 
 
+@pytest.mark.parametrize(("reader", "data", "phrase"), [
+    (read_image, b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", "got an OBJ 3D file"),
+    (read_image, b"OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n", "got an OFF 3D file"),
+    (read_image, BINARY_PLY, "got a PLY 3D file"),
+    (sniff_3d_format, PNG, "got a PNG image"),
+    (sniff_3d_format, b"\x00\x00\x01\x00" + bytes(60), "got an ICO image"),
+], ids=["obj", "off", "ply", "png", "ico"])
+def test_wrong_kind_messages_use_the_right_article(reader, data, phrase):
+    with pytest.raises(InputError) as err:
+        reader(data)
+    assert phrase in str(err.value), err.value
+
+
 def test_image_claiming_small_dims_but_corrupt():
     assert code_of(read_image, png_with_size(64, 64)) in ("truncated", "garbage")
 

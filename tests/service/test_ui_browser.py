@@ -201,6 +201,23 @@ def test_3d_query_lists_images_and_same_modality_is_selectable(page: Any, shape_
     expect(results).to_have_count(10)
 
 
+def test_query_viewer_leaves_out_non_finite_rows(page: Any, shape_points: np.ndarray) -> None:
+    """NaN rows are shown as absent, not handed to three.js (which logs "Computed radius is NaN")."""
+    from playwright.sync_api import expect
+
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text))
+    pts = shape_points[0][:200].astype(np.float32).copy()
+    pts[[3, 50]] = np.nan
+    pts[7, 1] = np.inf
+    _upload(page, "shape.ply", ply_bytes(pts, binary=True), "application/octet-stream")
+    query_viewer = page.locator("#query-viewer")
+    expect(query_viewer).to_have_attribute("data-state", "shown")
+    expect(query_viewer).to_have_attribute("data-points", "197")
+    expect(page.locator("#search-error")).to_be_visible()    # the service refuses non-finite values
+    assert not [m for m in console if "NaN" in m], console
+
+
 def test_bad_3d_file_shows_the_api_error(page: Any, server: str) -> None:
     from playwright.sync_api import expect
 
