@@ -132,9 +132,29 @@ class InferenceEngine:
             self._cv.notify_all()
         return req.future
 
+    def submit_many(self, kind: str, tensors: list[torch.Tensor]) -> list[concurrent.futures.Future]:
+        """Queue several items of one kind at once (all or none: :class:`QueueFull` when they do not all fit),
+        so that the worker finds them together: up to ``max_batch`` of them go into one model call."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        reqs = [_Request(kind, t) for t in tensors]
+        with self._cv:
+            if not self.running:
+                raise EngineStopped("the inference engine is not running")
+            if len(self._queue) + len(reqs) > self.max_pending:
+                raise QueueFull(f"{len(self._queue)} requests are already waiting for the model")
+            self._queue.extend(reqs)
+            self._cv.notify_all()
+        return [r.future for r in reqs]
+
     async def encode(self, kind: str, tensor: torch.Tensor) -> Codes:
         """Awaitable :meth:`submit`."""
         return await asyncio.wrap_future(self.submit(kind, tensor))
+
+    async def encode_many(self, kind: str, tensors: list[torch.Tensor]) -> list[Codes | BaseException]:
+        """Awaitable :meth:`submit_many`: each item's codes, or the exception its model call ended with."""
+        futures = [asyncio.wrap_future(f) for f in self.submit_many(kind, tensors)]
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     # ------------------------------------------------------------------ worker
     def _same_kind(self, kind: str) -> int:
