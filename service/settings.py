@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     backend: Literal["faiss", "milvus"] = "faiss"
     #: Milvus server URI for backend="milvus" (e.g. http://milvus:19530); unset: a milvus-lite file in data_dir
     milvus_uri: str | None = None
+    #: What this process does (docs/deployment.md, "Scale-out"): "all" = the single-process service (search, items
+    #: and admin jobs over its own data dir), "indexer" = the one writer of a scale-out deployment (admin jobs and
+    #: item writes into the shared Milvus server and S3 bucket), "search" = a stateless search replica over them
+    role: Literal["all", "search", "indexer"] = "all"
+    #: Where a search replica sends admin clients (named in its 421 answer), e.g. http://indexer:8000
+    indexer_url: str | None = None
+    #: S3 bucket of the items' preview pictures and point clouds; unset: files in the data dir (roles search and
+    #: indexer need it). With the Milvus stack of docker-compose.yml: its MinIO (endpoint http://minio:9000)
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    #: put before every object name, so that one bucket can hold several deployments (e.g. "cmah/")
+    s3_prefix: str = ""
     #: Full scan of the FAISS backend (index.flat.SCAN_CHOICES): "auto" = the compiled numba kernel once it is
     #: compiled or loaded from numba's cache (FAISS's scan meanwhile, and without numba), "numba" = the kernel
     #: only (the store waits for it at start; an error without numba), "faiss" = FAISS's scan only
