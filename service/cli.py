@@ -32,6 +32,7 @@ COMMANDS = {
     "render": ("files", "render a 3D file to a PNG"),
     "synth": ("files", "write a synthetic dataset (spheres, boxes, tori …) in the dataset format"),
     "serve": ("serve", "start the HTTP service on the shipped weights"),
+    "search": ("remote", "search a running service with pictures and 3D files (a table, or --json)"),
     "index": ("index", "the service's index from the command line: info, add, reencode"),
     "weights": ("checkpoints", "weights directories: average several into one"),
     "checkpoint": ("checkpoints", "training checkpoints: slim one to start another run from"),

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CLOUD_EXTS = {".ply", ".off", ".obj", ".pcd", ".xyz", ".txt", ".pts", ".npy"}
+DATASET_EXTS = {".npz"}
 
 
 class CLIError(Exception):
@@ -37,3 +42,16 @@ def plain_value_errors(*also: type[ValueError]) -> Iterator[None]:
         if type(exc) not in (ValueError, *also):
             raise
         raise CLIError(str(exc)) from None
+
+
+def file_kind(path: Path) -> str | None:
+    """``"dataset"``, ``"picture"`` or ``"cloud"`` by the file's extension, ``None`` for other files: how
+    ``cmah index add`` sorts the files it finds in folders."""
+    ext = path.suffix.lower()
+    if ext in DATASET_EXTS:
+        return "dataset"
+    if ext in IMAGE_EXTS:
+        return "picture"
+    if ext in CLOUD_EXTS:
+        return "cloud"
+    return None

@@ -2,7 +2,8 @@
 on it: the store takes an exclusive lock).
 
 - ``info``: items per modality and source, and whether the current weights made the codes.
-- ``add PATH...``: index dataset ``.npz`` files, 3D files, pictures, or folders of them.
+- ``add PATH...``: index dataset ``.npz`` files, 3D files, pictures, or folders of them (``--url``: send them
+  to a running service as indexing jobs instead, :mod:`service.commands.remote`).
 - ``reencode``: give every item the codes of the current weights (after the weights changed).
 """
 
@@ -27,12 +28,10 @@ from model.manifest import weights_id
 from ..codes_model import CodesModelError, check_codes_model, short
 from ..reencode import reencode_items
 from ..settings import Settings
+from .common import file_kind
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-CLOUD_EXTS = {".ply", ".off", ".obj", ".pcd", ".xyz", ".txt", ".pts", ".npy"}
-DATASET_EXTS = {".npz"}
 #: Shapes or pictures encoded and stored per transaction by ``cmah index add``.
 ADD_BATCH = 32
 
@@ -95,17 +94,6 @@ class _Found:
     skipped: int = 0            # files of other types inside folders
 
 
-def _kind(path: Path) -> str | None:
-    ext = path.suffix.lower()
-    if ext in DATASET_EXTS:
-        return "dataset"
-    if ext in IMAGE_EXTS:
-        return "picture"
-    if ext in CLOUD_EXTS:
-        return "cloud"
-    return None
-
-
 def _find(paths: list[str]) -> _Found:
     """Sort the arguments (files, and folders walked recursively in name order) by kind; a file named
     on the command line that does not exist or has an unknown type is an error."""
@@ -114,7 +102,7 @@ def _find(paths: list[str]) -> _Found:
         p = Path(arg)
         if p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                kind = _kind(f)
+                kind = file_kind(f)
                 if kind is None:
                     found.skipped += 1
                 else:
@@ -122,7 +110,7 @@ def _find(paths: list[str]) -> _Found:
             continue
         if not p.is_file():
             raise IndexCommandError(f"{p}: no such file or folder")
-        kind = _kind(p)
+        kind = file_kind(p)
         if kind is None:
             with open(p, "rb") as fh:
                 sniffed = sniff_kind(fh.read(1 << 16))
@@ -134,6 +122,12 @@ def _find(paths: list[str]) -> _Found:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if args.url:  # a running service: indexing jobs over HTTP
+        from .remote import cmd_add_remote
+
+        return cmd_add_remote(args)
+    if args.server_path:
+        raise IndexCommandError("--server-path needs --url (the PATHs are then files on that server)")
     settings = _settings(args)
     found = _find(args.paths)
     # a bad dataset file fails here, before anything is added
@@ -237,6 +231,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     a.add_argument("--source", help="the items' source (default: the .npz file name, or 'cli')")
     a.add_argument("--label", help="label of the 3D files and pictures added (datasets carry their own)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .remote import add_remote_flags
+
+    add_remote_flags(a)
     a.set_defaults(func=cmd_add)
 
     r = isub.add_parser("reencode", help="give every item the codes of these weights (after new weights)")
