@@ -56,8 +56,15 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_modality ON items (modality, id);
 CREATE INDEX IF NOT EXISTS items_item_key ON items (item_key) WHERE item_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_label ON items (label);
+CREATE INDEX IF NOT EXISTS items_source ON items (source);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 """
+#: Indexes added after schema version 1 was released: created on open when a database lacks them.
+_LATER_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS items_label ON items (label)",
+    "CREATE INDEX IF NOT EXISTS items_source ON items (source)",
+)
 
 
 def corrupt_message(path: Path, detail: str) -> str:
@@ -114,6 +121,8 @@ class MetadataDB:
                 )
             elif not {"items", "meta"} <= tables:
                 raise StoreCorruptError(corrupt_message(self.path, "tables items/meta are missing"))
+            else:
+                self._add_later_indexes(conn)
             return conn
         except sqlite3.DatabaseError as exc:
             if conn is not None:
@@ -136,6 +145,28 @@ class MetadataDB:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
         logger.info("created a new index database")
+
+    @staticmethod
+    def _add_later_indexes(conn: sqlite3.Connection) -> None:
+        """Create the indexes of :data:`_LATER_INDEXES` that a database written by an older version lacks.
+        They only make browsing faster: when they cannot be written (a full disk) the database is used
+        without them, with a warning, and the next open tries again."""
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        missing = [sql for sql in _LATER_INDEXES if sql.split()[5] not in have]
+        if not missing:
+            return
+        logger.info("adding %d index(es) to the index database (once)", len(missing))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in missing:
+                    conn.execute(sql)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            logger.warning("could not add the browsing indexes to the index database (%s); going on without", exc)
 
     def close(self) -> None:
         """Checkpoint the WAL and close the connection (idempotent)."""
@@ -322,6 +353,43 @@ class MetadataDB:
         """``(modality, name)`` of every item whose ``source`` is ``source``, by id."""
         rows = self._conn.execute("SELECT modality, name FROM items WHERE source=? ORDER BY id", (source,))
         return [(str(m), str(n)) for m, n in rows]
+
+    # ------------------------------------------------------------------ browsing
+    @staticmethod
+    def _filter(labels: Sequence[str], sources: Sequence[str], modality: str | None) -> tuple[str, list]:
+        """The ``WHERE`` clause (``""`` when empty) and its arguments of :meth:`browse`'s filters."""
+        clauses: list[str] = []
+        args: list = []
+        if modality is not None:
+            clauses.append("modality = ?")
+            args.append(modality)
+        for col, values in (("label", labels), ("source", sources)):
+            values = list(dict.fromkeys(str(v) for v in values))
+            if values:
+                clauses.append(f"{col} IN ({', '.join('?' * len(values))})")
+                args.extend(values)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def browse(self, labels: Sequence[str] = (), sources: Sequence[str] = (), modality: str | None = None,
+               offset: int = 0, limit: int = 50) -> tuple[int, list[ItemRecord]]:
+        """``(total, page)``: how many items match the filters and the records of ``limit`` of them from
+        ``offset`` on, by id. An item matches when its label is one of ``labels`` (any, when empty), its
+        source one of ``sources`` (idem) and its modality ``modality`` (any, when ``None``)."""
+        where, args = self._filter(labels, sources, modality)
+        total = int(self._conn.execute(f"SELECT count(*) FROM items{where}", args).fetchone()[0])
+        rows = self._conn.execute(f"SELECT {_SELECT} FROM items{where} ORDER BY id LIMIT ? OFFSET ?",
+                                  (*args, int(limit), int(offset)))
+        return total, [self._record(r) for r in rows]
+
+    def stats(self) -> dict[str, dict]:
+        """Item counts: ``{"modalities": {modality: n}`` (every modality, 0 included), ``"labels": {label
+        or None: n}``, ``"sources": {source: n}}``, keys in ascending order (``None`` first)."""
+        modalities = dict.fromkeys(MODALITIES, 0)
+        for m, n in self._conn.execute("SELECT modality, count(*) FROM items GROUP BY modality"):
+            modalities[str(m)] = int(n)
+        labels = {(None if lb is None else str(lb)): int(n)
+                  for lb, n in self._conn.execute("SELECT label, count(*) FROM items GROUP BY label ORDER BY label")}
+        return {"modalities": modalities, "labels": labels, "sources": self.source_counts()}
 
     def file_references(self) -> tuple[set[str], set[str]]:
         """The distinct non-null ``preview`` values and ``item_key`` values of all items."""

@@ -398,6 +398,28 @@ class HashStore:
         with self._db_lock:
             return self._require_open().source_names(source)
 
+    def browse(self, labels: Sequence[str] = (), sources: Sequence[str] = (), modality: str | None = None,
+               offset: int = 0, limit: int = 50) -> tuple[int, list[ItemRecord]]:
+        """``(total, page)``: the number of items matching the filters and ``limit`` of their records from
+        ``offset`` on, ordered by id (one consistent read). Filters: the label is one of ``labels``, the
+        source one of ``sources`` (an empty sequence: any), the modality is ``modality`` (``None``: any).
+
+        Raises:
+            ValueError: unknown modality, ``offset < 0`` or ``limit < 1``.
+        """
+        if modality is not None:
+            check_modality(modality)
+        if int(offset) < 0 or int(limit) < 1:
+            raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
+        with self._db_lock:
+            return self._require_open().browse(list(labels), list(sources), modality, int(offset), int(limit))
+
+    def stats(self) -> dict[str, dict]:
+        """Item counts per modality (every modality, 0 included), per label (``None``: unlabelled) and per
+        source, in one consistent read (see :meth:`index.metadata.MetadataDB.stats`)."""
+        with self._db_lock:
+            return self._require_open().stats()
+
     def file_references(self) -> tuple[set[str], set[str]]:
         """``(previews, item_keys)``: every distinct ``preview`` and ``item_key`` value the items hold (what
         files the items refer to; see :meth:`service.indexing.ItemWriter.sweep_orphans`)."""

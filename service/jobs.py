@@ -13,6 +13,10 @@ are not updated in the same transaction: a zip job skips the members whose name 
 ``.npz`` job the shapes already indexed (a shape's two items are added in one transaction). A job whose
 file is gone is marked ``failed``.
 
+Jobs can be cancelled (:meth:`JobRunner.cancel`): the record turns ``cancelled`` at once (durably, so the
+job is not resumed after a restart); a running job stops after the batch it is storing, whose items stay
+indexed like those of the batches before. Its upload is deleted.
+
 The records live in :mod:`service.job_store`, the job file's kind and server paths in
 :mod:`service.import_paths`, and archive members are read by :mod:`service.archives`.
 """
@@ -48,7 +52,7 @@ from .archives import (
 )
 from .import_paths import JobFileError, resolve_import
 from .indexing import ItemWriter
-from .job_store import Job, JobStore
+from .job_store import ACTIVE, Job, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,10 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class _Stopped(Exception):
+    pass
+
+
+class _Cancelled(Exception):
     pass
 
 
@@ -88,6 +96,9 @@ class JobRunner:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: ids of the jobs cancelled by this process (the running one stops at its next batch)
+        self._cancelled: set[str] = set()
+        self._cancel_lock = threading.Lock()
 
     def start(self) -> None:
         """Queue again the jobs a previous process left unfinished, then start the worker."""
@@ -124,6 +135,16 @@ class JobRunner:
         """Jobs queued or running (what ``CMAH_MAX_QUEUED_JOBS`` limits)."""
         return len(self.jobs.unfinished())
 
+    def cancel(self, job_id: str) -> tuple[Job | None, str | None]:
+        """Cancel a queued or running job (see :meth:`JobStore.cancel`; the state before is returned): a
+        queued job never starts, a running one stops after the batch it is storing."""
+        job, before = self.jobs.cancel(job_id)
+        if before in ACTIVE:
+            with self._cancel_lock:
+                self._cancelled.add(job_id)
+            logger.info("job %s cancelled (it was %s)", job_id, before)
+        return job, before
+
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -140,18 +161,25 @@ class JobRunner:
 
     def _process(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
-        if job is None or job.state not in ("queued", "running"):
+        if job is None:
+            return
+        if job.state not in ACTIVE:
+            if job.state == "cancelled" and job.path is None:  # cancelled while queued
+                self.upload_path(job_id, job.kind).unlink(missing_ok=True)
             return
         finished = True
         try:
             path = self._job_file(job)
             if not path.is_file():
                 raise FileNotFoundError(f"{FILE_GONE} ({job.filename}); submit it again")
-            self.jobs.begin(job_id)
+            if not self.jobs.begin(job_id):
+                raise _Cancelled
             if job.kind == "npz":
                 self._run_npz(job_id, path)
             else:
                 self._run_zip(job_id, path)
+        except _Cancelled:
+            logger.info("job %s stopped: it was cancelled (what it indexed stays indexed)", job_id)
         except _Stopped:
             logger.info("job %s stopped by shutdown; it resumes at the next start", job_id)
             finished = False
@@ -161,13 +189,15 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - every failure ends the job with a reason
             self._fail(job, self._reason(job, exc))
         else:
-            self.jobs.update(job_id, state="succeeded")
+            self.jobs.finish(job_id, "succeeded")
         finally:
             if finished and job.path is None:  # uploads are deleted once the job is over; server files never
                 self.upload_path(job_id, job.kind).unlink(missing_ok=True)
+            with self._cancel_lock:
+                self._cancelled.discard(job_id)
         final = self.jobs.get(job_id)
-        if self.on_finished is not None and final is not None:
-            self.on_finished(final.state)
+        if self.on_finished is not None and final is not None and final.state != "cancelled":
+            self.on_finished(final.state)  # (cancellations are counted by whoever cancels)
 
     def _reason(self, job: Job, exc: Exception) -> str:
         if is_disk_full(exc):
@@ -187,11 +217,14 @@ class JobRunner:
 
     def _fail(self, job: Job, reason: str) -> None:
         try:
-            self.jobs.update(job.id, state="failed", error=reason)
+            self.jobs.finish(job.id, "failed", reason)
         except sqlite3.Error:
             logger.exception("could not record the failure of job %s", job.id)
 
-    def _check_stop(self) -> None:
+    def _check_stop(self, job_id: str) -> None:
+        """Between batches: end the job here if it was cancelled, or stop it (resumable) on shutdown."""
+        if job_id in self._cancelled:
+            raise _Cancelled
         if self._stop.is_set():
             raise _Stopped
 
@@ -200,10 +233,11 @@ class JobRunner:
         start = sum(1 for modality, _ in self.writer.store.source_names(source) if modality == "points")
         if start:
             logger.info("job %s resumes after %d shapes already indexed", job_id, start)
+        self.jobs.update(job_id, done=start, start_done=start)  # (its speed counts from here)
 
         def progress(done: int, total: int) -> None:
             self.jobs.update(job_id, done=done, total=total)
-            self._check_stop()
+            self._check_stop(job_id)
 
         self.writer.add_dataset(path, source=source, batch_size=self.batch_size, progress=progress, start=start)
 
@@ -220,9 +254,10 @@ class JobRunner:
             batch = _Batch(self, job_id, source, labels, done=sum(m.filename in indexed for m in files))
             if batch.done:
                 logger.info("job %s resumes after %d files already indexed", job_id, batch.done)
-            self.jobs.update(job_id, total=len(files), done=batch.done)
+            self.jobs.update(job_id, total=len(files), done=batch.done, start_done=batch.done)
             seen: set[str] = set()
             for m in files:
+                self._check_stop(job_id)
                 name = m.filename
                 if name in seen:
                     self.jobs.record_failure(job_id, name, REFUSED, "duplicate name: only the first one is indexed")
@@ -285,4 +320,4 @@ class _Batch:
         self.done += self.size()
         self.images, self.clouds = [], []
         self.runner.jobs.update(self.job_id, done=self.done)
-        self.runner._check_stop()
+        self.runner._check_stop(self.job_id)

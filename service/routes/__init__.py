@@ -1,7 +1,7 @@
 """HTTP routes, one module per resource."""
 
-from . import admin, batch, health, items, search
+from . import admin, batch, browse, health, items, search
 
-ROUTERS = (health.router, search.router, batch.router, items.router, admin.router)
+ROUTERS = (health.router, search.router, batch.router, browse.router, items.router, admin.router)
 
 __all__ = ["ROUTERS"]

@@ -1,4 +1,4 @@
-"""Admin routes (Bearer ``CMAH_ADMIN_TOKEN``): indexing jobs and item deletion."""
+"""Admin routes (Bearer ``CMAH_ADMIN_TOKEN``): indexing jobs (create, list, read, cancel) and item deletion."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import os
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, UploadFile
+from fastapi import APIRouter, File, Path, Query, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
 from ..import_paths import JobFileError, job_kind, path_kind, resolve_import
 from ..job_store import Job
-from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobStatus, PathJob
+from ..schemas import Deleted, ErrorBody, JobCreated, JobError, JobPage, JobState, JobStatus, PathJob
 from ..state import AdminDep, Running, RunningDep
 from ..uploads import CHUNK, OneFile
 
@@ -22,12 +22,20 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDe
 
 #: Seconds a client is asked to wait when too many jobs are queued.
 JOBS_RETRY_AFTER = 30
+#: Most jobs in one page of ``GET /api/v1/admin/jobs``.
+MAX_JOBS_LIMIT = 200
+#: Largest ``offset`` of a page.
+MAX_OFFSET = 10**12
+
+JobId = Annotated[str, Path(max_length=64, description="the job's id")]
 
 
 def job_body(job: Job) -> JobStatus:
+    rate, eta = job.speed()
     return JobStatus(id=job.id, kind=job.kind, filename=job.filename, state=job.state,  # type: ignore[arg-type]
                      total=job.total, done=job.done, failed=job.failed, errors=[JobError(**e) for e in job.errors],
-                     error=job.error, created=job.created, updated=job.updated)
+                     error=job.error, created=job.created, updated=job.updated, started=job.started,
+                     ended=job.ended, items_per_second=rate, eta_seconds=eta)
 
 
 async def _save_upload(file: UploadFile, dest: FsPath, max_bytes: int) -> None:
@@ -76,7 +84,7 @@ async def create_job(run: RunningDep, file: Annotated[UploadFile, File(descripti
         await _save_upload(file, run.runner.upload_path(job.id, kind), run.settings.max_job_upload_bytes)
     except APIError as exc:
         run.runner.upload_path(job.id, kind).unlink(missing_ok=True)
-        run.jobs.update(job.id, state="failed", error=exc.detail)
+        run.jobs.finish(job.id, "failed", exc.detail)
         raise
     run.runner.enqueue(job.id)
     return _created(job.id)
@@ -98,11 +106,40 @@ async def create_path_job(run: RunningDep, body: PathJob) -> JSONResponse:
     return _created(job.id)
 
 
+@router.get("/jobs", response_model=JobPage)
+async def list_jobs(
+    run: RunningDep,
+    state: Annotated[list[JobState] | None, Query(max_length=5, description="only jobs in one of these states "
+                                                  "(repeatable: any of them); all jobs when absent")] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"jobs to skip (0..{MAX_OFFSET})")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS_LIMIT, description=f"most jobs returned (1..{MAX_JOBS_LIMIT})")] = 50,
+) -> JobPage:
+    """The jobs, newest first (by creation time), with the same fields as ``GET /jobs/{job_id}``."""
+    total, jobs = await run_in_threadpool(run.jobs.list, state or (), offset, limit)
+    return JobPage(total=total, offset=offset, limit=limit, jobs=[job_body(j) for j in jobs])
+
+
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorBody}})
-async def read_job(run: RunningDep, job_id: Annotated[str, Path(max_length=64)]) -> JobStatus:
+async def read_job(run: RunningDep, job_id: JobId) -> JobStatus:
     job = run.jobs.get(job_id)
     if job is None:
         raise APIError(404, "not_found", f"no job with id {job_id!r}")
+    return job_body(job)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatus,
+             responses={404: {"model": ErrorBody, "description": "no such job (`not_found`)"},
+                        409: {"model": ErrorBody, "description": "the job has already ended (`job_ended`)"}})
+async def cancel_job(run: RunningDep, job_id: JobId) -> JobStatus:
+    """Cancel a queued or running job: it is ``cancelled`` at once and for good (never resumed, even after a
+    restart); a running job stops after the batch it is storing, and what it indexed stays indexed."""
+    job, before = await run_in_threadpool(run.runner.cancel, job_id)
+    if job is None:
+        raise APIError(404, "not_found", f"no job with id {job_id!r}")
+    if before not in ("queued", "running"):
+        raise APIError(409, "job_ended", f"job {job_id} has already ended: its state is {before!r}; only queued "
+                       "or running jobs can be cancelled")
+    run.metrics.jobs.labels(state="cancelled").inc()
     return job_body(job)
 
 
