@@ -8,6 +8,7 @@ const API = 'api/v1';
 const TOKEN_KEY = 'cmah.adminToken';
 const TARGET_NAMES = { points: '3D point clouds', images: 'images' };
 const QUERY_NAMES = { image: 'picture', points: '3D file' };
+const ENDED = ['succeeded', 'failed', 'cancelled']; // job states that do not change any more
 
 const $ = (id) => document.getElementById(id);
 
@@ -340,6 +341,8 @@ function selectTab(tab, focus = true) {
   }
   if (focus) tab.focus();
   history.replaceState(null, '', tab.id === 'tab-admin' ? '#admin' : '#');
+  if (tab.id === 'tab-admin') refreshJobs();
+  else stopJobs();
 }
 
 for (const tab of tabs) {
@@ -353,7 +356,6 @@ for (const tab of tabs) {
     }
   });
 }
-if (location.hash === '#admin') selectTab($('tab-admin'), false);
 
 // --- Admin ----------------------------------------------------------------------------------------
 const tokenInput = $('token');
@@ -400,12 +402,14 @@ $('token-form').addEventListener('submit', async (e) => {
   }
   sessionStorage.setItem(TOKEN_KEY, value);
   tokenStatus();
+  refreshJobs();
 });
 $('token-forget').addEventListener('click', () => {
   sessionStorage.removeItem(TOKEN_KEY);
   tokenInput.value = '';
   tokenStatus();
   stopFollowing('the token was forgotten');
+  refreshJobs(); // clears the list: no token
 });
 
 function authHeaders() {
@@ -446,7 +450,7 @@ function stopFollowing(reason) {
   following++;
   clearTimeout(pollTimer);
   $('job-button').disabled = false;
-  if (jobBox.hidden || ['succeeded', 'failed'].includes(jobBox.dataset.state)) return;
+  if (jobBox.hidden || ENDED.includes(jobBox.dataset.state)) return;
   jobBox.dataset.state = 'unfollowed';
   jobStatus.textContent += ` · no longer followed (${reason}); the job goes on in the service`;
 }
@@ -457,7 +461,9 @@ function showJob(job) {
   progress.value = job.state === 'succeeded' ? progress.max : Math.min(finished, progress.max);
   $('job-progress-label').textContent = `Indexing ${job.filename}`;
   const counts = job.total ? `${job.done} indexed, ${job.failed} failed, of ${job.total}` : 'preparing';
-  jobStatus.textContent = `Job ${job.id.slice(0, 8)}: ${job.state} · ${counts}${job.error ? ` · ${job.error}` : ''}`;
+  const speed = speedText(job);
+  jobStatus.textContent = `Job ${job.id.slice(0, 8)}: ${job.state} · ${counts}${speed ? ` · ${speed}` : ''}`
+    + `${job.error ? ` · ${job.error}` : ''}`;
   jobBox.dataset.state = job.state;
   const list = $('job-errors');
   list.replaceChildren(...job.errors.map((e) => el('li', {},
@@ -514,12 +520,115 @@ $('job-form').addEventListener('submit', async (e) => {
     }
     jobStatus.textContent = 'Uploaded; waiting for the job to start…';
     pollJob(created.status_url, followed);
+    refreshJobs();
   } catch (err) {
     jobBox.hidden = true;
     showError(adminError, err);
     $('job-button').disabled = false;
   }
 });
+
+// --- Job list (GET /api/v1/admin/jobs, POST .../jobs/{id}/cancel) ------------------------------------
+const jobsList = $('jobs-list');
+const jobsStatus = $('jobs-status');
+const jobsError = $('jobs-error');
+const JOBS_SHOWN = 20;
+const JOBS_POLL_MS = 1000;
+let jobsTimer = null;
+let jobsRound = 0; // bumped to stop polling the list (a late answer is then dropped)
+
+function formatSeconds(s) {
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+/** "12.5 items/s · about 40 s left" from a job status (its rate and ETA, when the service knows them). */
+function speedText(job) {
+  const parts = [];
+  if (typeof job.items_per_second === 'number') parts.push(`${job.items_per_second.toFixed(1)} items/s`);
+  if (typeof job.eta_seconds === 'number') parts.push(`about ${formatSeconds(job.eta_seconds)} left`);
+  return parts.join(' · ');
+}
+
+function jobRow(job) {
+  const max = Math.max(job.total, 1);
+  const value = job.state === 'succeeded' ? max : Math.min(job.done + job.failed, max);
+  const percent = Math.floor((100 * value) / max);
+  const counts = job.total ? `${job.done} indexed, ${job.failed} failed, of ${job.total} (${percent} %)`
+    : (ENDED.includes(job.state) ? 'nothing indexed' : 'preparing');
+  const speed = speedText(job);
+  const text = [counts, speed, job.error].filter(Boolean).join(' · ');
+  let cancel = null;
+  if (!ENDED.includes(job.state)) {
+    cancel = el('button', { type: 'button', class: 'job-cancel', 'aria-label': `Cancel the job ${job.filename}` }, 'Cancel');
+    cancel.addEventListener('click', () => cancelJob(job.id, cancel));
+  }
+  return el('li', { class: 'job-row', dataset: { id: job.id, state: job.state, done: String(job.done),
+                                                  total: String(job.total), percent: String(percent) } },
+    el('div', { class: 'line' }, el('span', { class: 'job-name' }, job.filename),
+      el('span', { class: 'job-state' }, job.state)),
+    el('progress', { max: String(max), value: String(value), 'aria-label': `${job.filename}: ${percent} %` }),
+    el('div', { class: 'line' }, el('span', { class: 'job-counts' }, text), cancel));
+}
+
+function renderJobs(data) {
+  const jobs = Array.isArray(data?.jobs) ? data.jobs : [];
+  const focused = document.activeElement?.closest?.('.job-row')?.dataset.id;
+  jobsList.replaceChildren(...jobs.map(jobRow));
+  if (focused) jobsList.querySelector(`.job-row[data-id="${CSS.escape(focused)}"] .job-cancel`)?.focus();
+  const total = Number(data?.total) || 0;
+  jobsStatus.textContent = total ? `${total} job${total === 1 ? '' : 's'}${total > jobs.length ? `, the newest `
+    + `${jobs.length} shown` : ''}` : 'No jobs yet.';
+}
+
+function stopJobs() {
+  jobsRound++;
+  clearTimeout(jobsTimer);
+}
+
+/** Read the job list now, then again every second while the Admin tab is shown and a token is saved. */
+async function refreshJobs() {
+  stopJobs();
+  const round = jobsRound;
+  const saved = token();
+  if (!saved) {
+    jobsList.replaceChildren();
+    jobsStatus.textContent = 'Save the token to list the jobs.';
+    showError(jobsError, null);
+    return;
+  }
+  let again = JOBS_POLL_MS;
+  try {
+    const resp = await request(`${API}/admin/jobs?limit=${JOBS_SHOWN}`, { headers: { Authorization: `Bearer ${saved}` } });
+    const data = await resp.json();
+    if (round !== jobsRound) return;
+    renderJobs(data);
+    showError(jobsError, null);
+  } catch (err) {
+    if (round !== jobsRound) return;
+    showError(jobsError, err);
+    again = err.status === 401 || err.status === 403 ? null : 5 * JOBS_POLL_MS;
+  }
+  if (again !== null && round === jobsRound && !$('panel-admin').hidden && token()) {
+    jobsTimer = setTimeout(refreshJobs, again);
+  }
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  showError(jobsError, null);
+  try {
+    await request(`${API}/admin/jobs/${encodeURIComponent(id)}/cancel`,
+      { method: 'POST', headers: { Authorization: `Bearer ${token()}` } });
+  } catch (err) {
+    showError(jobsError, err); // e.g. 409 job_ended: it ended meanwhile
+  }
+  refreshJobs();
+}
+
+$('jobs-refresh').addEventListener('click', () => refreshJobs());
+if (location.hash === '#admin') selectTab($('tab-admin'), false);
 
 // --- Readiness banner -----------------------------------------------------------------------------
 async function checkReady() {

@@ -397,3 +397,78 @@ def test_forget_stops_following_the_job(page: Any, demo_npz: Path) -> None:
     page.wait_for_timeout(2000)  # several poll periods (700 ms)
     assert len(polls) == seen, "the page still polls after Forget"
     assert all(p == f"Bearer {ADMIN_TOKEN}" for p in polls)
+
+
+def _job_row(page: Any, job_id: str) -> Any:
+    return page.locator(f"#jobs-list .job-row[data-id='{job_id}']")
+
+
+def _post_job(server: str, name: str, data: bytes) -> str:
+    r = httpx.post(f"{server}/api/v1/admin/jobs", files={"file": (name, data)},
+                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120)
+    assert r.status_code == 202, r.text
+    return str(r.json()["job_id"])
+
+
+def test_job_list_progress_bar_reaches_100_percent(page: Any, server: str, demo_npz: Path) -> None:
+    """The Admin tab lists the jobs (GET /api/v1/admin/jobs, polled): a job's bar fills up to 100 %, with its
+    counts and speed, and an ended job has no Cancel button."""
+    from playwright.sync_api import expect
+
+    _admin_tab(page)
+    job_id = _post_job(server, "listed.npz", demo_npz.read_bytes())
+    row = _job_row(page, job_id)
+    expect(row).to_have_attribute("data-state", "succeeded", timeout=120_000)
+    expect(row).to_have_attribute("data-percent", "100")
+    assert row.locator("progress").evaluate("b => [b.value, b.max]") == [12, 12]
+    expect(row).to_contain_text("listed.npz")
+    expect(row).to_contain_text("12 indexed, 0 failed, of 12 (100 %)")
+    expect(row).to_contain_text("items/s")
+    expect(row.locator(".job-cancel")).to_have_count(0)
+    expect(page.locator("#jobs-error")).to_be_hidden()
+    _shot(page, "admin-job-list")
+
+
+@pytest.fixture(scope="module")
+def big_npz(tmp_path_factory: pytest.TempPathFactory, demo_npz: Path) -> Path:
+    """2,400 shapes (the gallery's 12, 200 times): 300 batches, far more than the test lets the job index."""
+    from model.dataset import load_dataset, save_dataset
+
+    ds = load_dataset(demo_npz)
+    reps = 200
+    path = tmp_path_factory.mktemp("big") / "big.npz"
+    save_dataset(path, np.tile(ds.points, (reps, 1, 1)), np.tile(ds.labels, reps),
+                 np.array([f"big_{i}" for i in range(reps * len(ds))]), ds.classes)
+    return path
+
+
+def test_cancel_a_running_job_from_the_list(page: Any, server: str, big_npz: Path) -> None:
+    """Cancel in the job list stops a running job: it turns 'cancelled' and keeps what it indexed."""
+    from playwright.sync_api import expect
+
+    _admin_tab(page)
+    job_id = _post_job(server, "big.npz", big_npz.read_bytes())
+    row = _job_row(page, job_id)
+    page.wait_for_function("(id) => { const r = document.querySelector(`.job-row[data-id='${id}']`); "
+                           "return r !== null && r.dataset.state === 'running' && Number(r.dataset.done) > 0; }",
+                           arg=job_id, timeout=300_000)
+    expect(row).to_contain_text("items/s")
+    _shot(page, "admin-job-running")
+    row.locator(".job-cancel").click()
+    expect(row).to_have_attribute("data-state", "cancelled")
+    expect(row.locator(".job-cancel")).to_have_count(0)
+    expect(page.locator("#jobs-error")).to_be_hidden()
+    _shot(page, "admin-job-cancelled")
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    deadline, job = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:  # the runner stops after the batch it was storing
+        job = httpx.get(f"{server}/api/v1/admin/jobs/{job_id}", headers=headers, timeout=10).json()
+        time.sleep(1.0)
+        if httpx.get(f"{server}/api/v1/admin/jobs/{job_id}", headers=headers, timeout=10).json()["done"] == job["done"]:
+            break
+    assert job["state"] == "cancelled" and 0 < job["done"] < job["total"] == 2400, job
+    kept = httpx.get(f"{server}/api/v1/items", params={"source": f"job:{job_id}", "limit": 1}, timeout=10).json()
+    assert kept["total"] == 2 * job["done"]  # each shape: a points item and an image item
+    r = httpx.post(f"{server}/api/v1/admin/jobs/{job_id}/cancel", headers=headers, timeout=10)
+    assert (r.status_code, r.json()["error"]) == (409, "job_ended")
