@@ -58,7 +58,7 @@ class EvalData:
     split_note: str = ""
 
 
-def load_eval_data(data: str | Path | None = None, query_data: str | Path | None = None,
+def load_eval_data(data: str | Path | PointDataset | None = None, query_data: str | Path | None = None,
                    db_data: str | Path | None = None, validation: int = 0) -> EvalData:
     """Either one file with the documented split, or explicit query and database files.
 
@@ -70,15 +70,16 @@ def load_eval_data(data: str | Path | None = None, query_data: str | Path | None
     if data is not None:
         if query_data or db_data:
             raise ValueError("give either --data or both --query-data and --db-data, not both")
-        ds = load_dataset(data)
+        ds = data if isinstance(data, PointDataset) else load_dataset(data)
+        name = Path(ds.source).name if ds.source else "the dataset"
         if validation:
             split = make_split(len(ds), holdout=validation)
             return EvalData(ds.subset(split.validation), ds.subset(split.train),
-                            f"validation split of {Path(data).name}: its retrieval set's first "
+                            f"validation split of {name}: its retrieval set's first "
                             f"{len(split.validation)} shapes as queries against the other {len(split.train)}")
         split = make_split(len(ds))
         return EvalData(ds.subset(split.query), ds.subset(split.retrieval),
-                        f"documented split of {Path(data).name}: {len(split.query)} query / "
+                        f"documented split of {name}: {len(split.query)} query / "
                         f"{len(split.retrieval)} retrieval")
     if not (query_data and db_data):
         raise ValueError("give --data FILE, or both --query-data and --db-data")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .backbone import PRETRAINED
 from .config import CODE_LENGTHS, CMAHConfig, LossConfig, get_config
 from .dataset import PointDataset, load_dataset
 from .device import cpu_name, pick_device
@@ -361,9 +362,11 @@ def _device_string(device: torch.device) -> str:
 
 def run_recipe(recipe: Recipe, data: PointDataset | str | Path, out: str | Path, device: str = "auto",
                resume: bool = False, max_steps: int | None = None, time_limit_min: float | None = None,
-               show_progress: bool = True) -> RecipeRun:
+               show_progress: bool = True, measure_weights: bool = True) -> RecipeRun:
     """Run (or with ``resume`` continue) ``recipe`` into ``out``. ``max_steps`` / ``time_limit_min`` stop
-    the run, resumably, after that many optimiser steps (all stages) / that much wall time."""
+    the run, resumably, after that many optimiser steps (all stages) / that much wall time. The exported
+    weights are then measured on the validation split (:func:`model.release.measure`, unless
+    ``measure_weights`` is false or the recipe holds out nothing) and the figures join the manifest."""
     out = Path(out)
     ds = data if isinstance(data, PointDataset) else load_dataset(data)
     resolved = json.loads(json.dumps(recipe.resolved(ds.sha256)))      # as the file holds it: lists
@@ -408,9 +411,21 @@ def run_recipe(recipe: Recipe, data: PointDataset | str | Path, out: str | Path,
         _write_json(marker, record)
         records.append(record)
         done += stage.steps
-    flat: dict[str, Any] = {"name": recipe.name, "sha256": recipe.sha256, "data_sha256": ds.sha256}
+    flat: dict[str, Any] = {"name": recipe.name, "sha256": recipe.sha256, "data_sha256": ds.sha256,
+                            "holdout": recipe.holdout}
     for r in records:
         flat[f"steps.{r['stage']}"] = r["steps"]
         flat[f"wall_s.{r['stage']}"] = r["elapsed_s"]
+    flat["wall_h"] = round(sum(r["elapsed_s"] for r in records) / 3600, 2)
+    backbone = PRETRAINED.get(recipe.model.image.arch)
+    if backbone is not None and any(s.train.pretrained_image for s in recipe.stages if s.train):
+        flat["backbone_sha256"] = backbone.sha256
     flat.update(device=_device_string(dev), cpu=cpu_name(), torch=torch.__version__)
-    return RecipeRun("completed", done, _export(recipe, out, flat))
+    weights = _export(recipe, out, flat)
+    if recipe.holdout and measure_weights:
+        from .release import measure
+        from .weights import update_manifest
+
+        flat.update(measure(weights, ds, recipe.holdout, progress=show_progress))
+        update_manifest(weights, {"recipe": flat})
+    return RecipeRun("completed", done, weights)

@@ -26,7 +26,7 @@ from .manifest import (
 )
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "SHIPPED_WEIGHTS_DIR", "WEIGHTS_FILE", "WeightsError", "load_weights",
-           "read_manifest", "save_weights", "weights_id", "write_manifest"]
+           "read_manifest", "save_weights", "update_manifest", "weights_id", "write_manifest"]
 
 def save_weights(encoder: HashEncoder, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the inference model as fp16 safetensors + manifest (atomically per file)."""
@@ -47,6 +47,14 @@ def save_weights(encoder: HashEncoder, out_dir: str | Path, extra: dict[str, Any
     manifest.update(extra or {})
     write_manifest(out, manifest)
     return out
+
+
+def update_manifest(out_dir: str | Path, entries: dict[str, Any]) -> dict[str, Any]:
+    """Set top-level ``entries`` in the manifest of ``out_dir`` (atomically); returns the new manifest."""
+    manifest = read_manifest(out_dir)
+    manifest.update(entries)
+    write_manifest(Path(out_dir), manifest)
+    return manifest
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:

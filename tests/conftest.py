@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny weights of the same config as ``tiny_weights`` but other values (as after retraining)."""
     return _random_tiny_weights(tmp_path_factory, "tiny-other", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe_run(synth_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``cmah train --recipe tiny`` run straight through once (its OUT directory and what it printed):
+    the recipe, resume and release tests share it."""
+    from service.cli import main
+
+    out, printed = tmp_path_factory.mktemp("tiny-recipe") / "run", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", "--recipe", "tiny", "--data", str(synth_npz), "--quiet", "--out", str(out)]) == 0
+    return out, printed.getvalue()
