@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from index.codes import BITS_CHOICES
 from index.errors import SnapshotError
+from index.filters import ItemSubset
 from index.flat import DEFAULT_TIE_MARGIN, Accelerator, FaissFlatIndex
 from index.metadata import MetadataDB
 from index.persistence import SnapshotHeader, read_snapshot, remove_temp_files, write_snapshot
@@ -135,8 +136,17 @@ class FaissBackend:
         )
 
     # ------------------------------------------------------------------ mutations
-    def add(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Index new items (ids not present in this index)."""
+    def add(
+        self,
+        modality: str,
+        bits: int,
+        ids: np.ndarray,
+        codes: np.ndarray,
+        labels: Sequence[str | None] = (),
+        sources: Sequence[str] = (),
+    ) -> None:
+        """Index new items (ids not present in this index). Labels and sources are not kept here: the
+        store resolves filters to ids (:class:`index.filters.ItemSubset`)."""
         self._indexes[(modality, bits)].add(ids, codes)
         self._dirty.add((modality, bits))
 
@@ -149,9 +159,12 @@ class FaissBackend:
         """Called after a change was applied; snapshots are written lazily, so nothing to do."""
 
     # ------------------------------------------------------------------ queries
-    def search(self, modality: str, bits: int, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search (order of :mod:`index.exact`)."""
-        return self._indexes[(modality, bits)].search(query_codes, k)
+    def search(
+        self, modality: str, bits: int, query_codes: np.ndarray, k: int, subset: ItemSubset | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search (order of :mod:`index.exact`), among the items of ``subset`` when given."""
+        allowed = None if subset is None else subset.ids()
+        return self._indexes[(modality, bits)].search(query_codes, k, allowed)
 
     def count(self, modality: str, bits: int) -> int:
         """Items in one index."""

@@ -38,7 +38,8 @@ import faiss
 import numpy as np
 
 from index.codes import WORD_DTYPES, as_codes, check_bits, popcount
-from index.exact import BandFetcher, check_k, empty_result, resolve_ties
+from index.exact import BandFetcher, brute_force_search, check_k, empty_result, resolve_ties
+from index.filters import subset_rows
 from index.mih import DEFAULT_BUDGET_FACTOR, SCAN_NS, MultiIndexHash
 
 logger = logging.getLogger(__name__)
@@ -343,14 +344,21 @@ class FaissFlatIndex:
         return np.ascontiguousarray(self.padded_codes()[:, : self.code_bytes])
 
     # ------------------------------------------------------------------ search
-    def search(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k``: ``(distances int32 [Q, k], ids int64 [Q, k])``, order of :mod:`index.exact`."""
+    def search(
+        self, query_codes: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k``: ``(distances int32 [Q, k], ids int64 [Q, k])``, order of :mod:`index.exact`.
+
+        ``allowed``: sorted ids; when given, only those items answer (:meth:`_subset_search`).
+        """
         k = check_k(k)
         q = pad_codes(as_codes(query_codes, self.bits, name="query_codes"), self.faiss_bytes)
         if self.ntotal == 0 or q.shape[0] == 0:
             return empty_result(q.shape[0], k)
         if self._kernel_pending is not None:
             self._check_pending_kernel()
+        if allowed is not None:
+            return self._subset_search(q, k, allowed)
         nq = len(q)
         mih = self._ready_mih(nq)
         if self._kernel is not None and self._kernel_db is None:
@@ -373,6 +381,23 @@ class FaissFlatIndex:
             out_d[todo], out_i[todo] = self._scan(q[todo], k)
         _update_mean(self._mih_seconds, nq, time.thread_time() - c0)
         return out_d, out_i
+
+    def _subset_search(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` among the rows holding ``allowed`` ids (:func:`index.filters.subset_rows`): the
+        compiled kernel (else numpy) scans a copy of just those rows' codes."""
+        if self._kernel is not None:
+            words, ids = self._kernel_arrays()
+        else:
+            words, ids = None, self.ids()
+        rows = subset_rows(ids, allowed, self._rows_in_id_order)
+        if rows.size == 0:
+            return empty_result(len(q), k)
+        if words is None:
+            return brute_force_search(q[:, : self.code_bytes], self.codes()[rows], ids[rows], k)
+        queries = np.ascontiguousarray(q[:, : self.code_bytes]).view(words.dtype)[:, 0]
+        return self._kernel.search(  # type: ignore[union-attr]
+            words[rows], ids[rows], queries, k, ascending=self._rows_in_id_order, threads=self.max_threads
+        )
 
     def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of padded queries by a full scan: the accelerator, else the compiled kernel,

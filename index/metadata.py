@@ -414,3 +414,30 @@ class MetadataDB:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(len(rows), nbytes).copy()
         return ids, codes
+
+    def load_items(self, modality: str, bits: int) -> tuple[np.ndarray, np.ndarray, list[str | None], list[str]]:
+        """:meth:`load_codes` plus each item's label and source (for backends that filter on them)."""
+        col = _CODE_COLS[bits]
+        rows = self._conn.execute(
+            f"SELECT id, {col}, label, source FROM items WHERE modality=? AND {col} IS NOT NULL ORDER BY id",
+            (modality,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(len(rows), code_bytes(bits))
+        return ids, codes.copy(), [r[2] for r in rows], [r[3] for r in rows]
+
+    def attributes(self) -> tuple[np.ndarray, list[str | None], list[str]]:
+        """``(ids int64 [N], labels, sources)`` of every item, by id (see :class:`index.filters.AttributeIndex`)."""
+        rows = self._conn.execute("SELECT id, label, source FROM items ORDER BY id").fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+    def names(self, ids: Sequence[int]) -> dict[int, str]:
+        """``{id: name}`` of the items among ``ids`` that exist."""
+        out: dict[int, str] = {}
+        wanted = [int(i) for i in ids if _MIN_ID <= int(i) <= _MAX_ID]
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit is 999 on old builds
+            chunk = wanted[start : start + 900]
+            sql = f"SELECT id, name FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
+            out.update((int(i), str(n)) for i, n in self._conn.execute(sql, chunk))
+        return out

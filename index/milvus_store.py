@@ -1,7 +1,9 @@
 """Milvus vector backend (scale-out): one collection per (modality, code length).
 
-Each collection has an ``INT64`` primary key (the SQLite item id) and a ``BINARY_VECTOR`` field
-indexed with ``BIN_FLAT`` / ``HAMMING`` (exhaustive, exact). SQLite stays the source of truth: the
+Each collection has an ``INT64`` primary key (the SQLite item id), a ``BINARY_VECTOR`` field
+indexed with ``BIN_FLAT`` / ``HAMMING`` (exhaustive, exact) and the scalar fields ``label`` (``""``
+for none) and ``source``, which filtered searches test natively (:func:`index.filters.milvus_expression`;
+a collection written before they existed is rebuilt from SQLite on open). SQLite stays the source of truth: the
 collection ``cmah_meta`` records, per modality, the SQLite generation its collections reflect; it is
 updated after every applied change, so a crash between the SQLite commit and the Milvus update leaves a
 generation mismatch and the collection is rebuilt from SQLite on the next open.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from index.codes import BITS_CHOICES
 from index.exact import check_k, empty_result, resolve_ties
+from index.filters import ItemSubset, milvus_expression
 from index.flat import DEFAULT_TIE_MARGIN
 from index.metadata import MetadataDB
 from index.records import MODALITIES
@@ -36,6 +40,10 @@ logger = logging.getLogger(__name__)
 MILVUS_MAX_LIMIT = 16_384
 META_COLLECTION = "cmah_meta"
 _INSERT_BATCH = 10_000
+#: Milvus's longest VARCHAR; longer labels or sources are stored cut (and cannot be filtered on exactly)
+_MAX_TEXT = 65_535
+#: scalar fields of every code collection
+ATTRIBUTE_FIELDS = ("label", "source")
 
 
 def collection_name(modality: str, bits: int) -> str:
@@ -70,6 +78,8 @@ class MilvusBackend:
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("code", DataType.BINARY_VECTOR, dim=bits)
+        for field in ATTRIBUTE_FIELDS:
+            schema.add_field(field, DataType.VARCHAR, max_length=_MAX_TEXT)
         client.create_collection(name, schema=schema, consistency_level="Strong")
         params = client.prepare_index_params()
         params.add_index(field_name="code", index_type="BIN_FLAT", metric_type="HAMMING")
@@ -120,7 +130,8 @@ class MilvusBackend:
                 expected = meta.count_codes(modality, bits)
                 name = collection_name(modality, bits)
                 exists = self._client.has_collection(name)
-                if exists and state == (generation, self._db_uuid) and self._milvus_count(modality, bits) == expected:
+                current = exists and state == (generation, self._db_uuid) and self._has_attributes(name)
+                if current and self._milvus_count(modality, bits) == expected:
                     self._counts[(modality, bits)] = expected
                     continue
                 if exists or expected:
@@ -135,10 +146,14 @@ class MilvusBackend:
             if state != (generation, self._db_uuid):
                 self._record_state(modality, generation)
 
+    def _has_attributes(self, name: str) -> bool:
+        fields = {f["name"] for f in self._client.describe_collection(name)["fields"]}
+        return set(ATTRIBUTE_FIELDS) <= fields
+
     def _rebuild(self, meta: MetadataDB, modality: str, bits: int) -> None:
         self._create_collection(modality, bits)
-        ids, codes = meta.load_codes(modality, bits)
-        self._insert(modality, bits, ids, codes)
+        ids, codes, labels, sources = meta.load_items(modality, bits)
+        self._insert(modality, bits, ids, codes, labels, sources)
         self._counts[(modality, bits)] = len(ids)
         logger.log(
             logging.INFO if len(ids) else logging.DEBUG,
@@ -152,19 +167,39 @@ class MilvusBackend:
         self._rebuild(meta, modality, bits)
         self._record_state(modality, meta.generation(modality))
 
-    def _insert(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray) -> None:
+    def _insert(
+        self,
+        modality: str,
+        bits: int,
+        ids: np.ndarray,
+        codes: np.ndarray,
+        labels: Sequence[str | None],
+        sources: Sequence[str],
+    ) -> None:
         name = collection_name(modality, bits)
+        if len(labels) != len(ids) or len(sources) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(labels)} labels and {len(sources)} sources")
         for start in range(0, len(ids), _INSERT_BATCH):
+            end = start + _INSERT_BATCH
             rows = [
-                {"id": int(i), "code": c.tobytes()}
-                for i, c in zip(ids[start : start + _INSERT_BATCH], codes[start : start + _INSERT_BATCH], strict=True)
+                {"id": int(i), "code": c.tobytes(), "label": (lb or "")[:_MAX_TEXT], "source": (src or "")[:_MAX_TEXT]}
+                for i, c, lb, src in zip(ids[start:end], codes[start:end], labels[start:end], sources[start:end],
+                                         strict=True)
             ]
             self._client.insert(name, rows)
 
     # ------------------------------------------------------------------ mutations
-    def add(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Insert new items."""
-        self._insert(modality, bits, ids, codes)
+    def add(
+        self,
+        modality: str,
+        bits: int,
+        ids: np.ndarray,
+        codes: np.ndarray,
+        labels: Sequence[str | None] = (),
+        sources: Sequence[str] = (),
+    ) -> None:
+        """Insert new items with their labels and sources."""
+        self._insert(modality, bits, ids, codes, labels, sources)
         self._counts[(modality, bits)] += len(ids)
 
     def remove(self, modality: str, bits: int, ids: np.ndarray) -> None:
@@ -202,36 +237,57 @@ class MilvusBackend:
             out.append((d, i))
         return out
 
-    def search(self, modality: str, bits: int, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search, order of :mod:`index.exact`."""
+    @property
+    def max_k(self) -> int:
+        """The largest ``k`` a search may ask for on a collection above Milvus's result limit."""
+        return MILVUS_MAX_LIMIT - self.tie_margin
+
+    def search(
+        self, modality: str, bits: int, query_codes: np.ndarray, k: int, subset: ItemSubset | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search, order of :mod:`index.exact`; with ``subset``, among the items whose label and
+        source match its filter (a Milvus filter expression: the scan skips the others)."""
         k = check_k(k)
+        expr = "" if subset is None else milvus_expression(subset.filter)
         n = self.count(modality, bits)
         if n == 0 or len(query_codes) == 0:
             return empty_result(len(query_codes), k)
         if k + self.tie_margin > MILVUS_MAX_LIMIT and n > MILVUS_MAX_LIMIT:
             raise ValueError(f"the Milvus backend supports k <= {MILVUS_MAX_LIMIT - self.tie_margin}, got {k}")
         kc = min(n, k + self.tie_margin)
-        hits = self._search(modality, bits, query_codes, kc)
+        hits = self._search(modality, bits, query_codes, kc, expr=expr)
         cand_d, cand_i = empty_result(len(query_codes), kc)
         for row, (d, i) in enumerate(hits):
             cand_d[row, : len(d)] = d
             cand_i[row, : len(i)] = i
-        fetch = self._band_fetcher(modality, bits, query_codes)
-        return resolve_ties(cand_d, cand_i, k, n, fetch)[:2]
+        # a filtered query may find fewer than kc items: all that match, so no band can overflow
+        full = np.array([len(i) == kc for _, i in hits], dtype=bool)
+        if full.all():
+            return resolve_ties(cand_d, cand_i, k, n, self._band_fetcher(modality, bits, query_codes, expr))[:2]
+        out_d, out_i = empty_result(len(query_codes), k)
+        rows = np.flatnonzero(full)
+        if rows.size:
+            fetch = self._band_fetcher(modality, bits, query_codes[rows], expr)
+            out_d[rows], out_i[rows], _ = resolve_ties(cand_d[rows], cand_i[rows], k, n, fetch)
+        rows = np.flatnonzero(~full)
+        out_d[rows], out_i[rows], _ = resolve_ties(cand_d[rows], cand_i[rows], k, kc, self._band_fetcher(
+            modality, bits, query_codes[rows], expr))
+        return out_d, out_i
 
-    def _band_fetcher(self, modality: str, bits: int, queries: np.ndarray):
+    def _band_fetcher(self, modality: str, bits: int, queries: np.ndarray, where: str = ""):
         def fetch(rows: np.ndarray, band_dist: np.ndarray, need: np.ndarray) -> list[np.ndarray]:
             out = []
             for row, dist, m in zip(rows, band_dist, need, strict=True):
                 q = queries[row : row + 1]
                 params = {"radius": int(dist) + 1, "range_filter": int(dist)}  # distance == dist
-                expr = ""
+                expr = where
                 while True:
                     ids = self._search(modality, bits, q, MILVUS_MAX_LIMIT, params, expr)[0][1]
                     if len(ids) < MILVUS_MAX_LIMIT:  # complete: every band item with id <= bound
                         break
                     # the m smallest band ids are <= the m-th smallest id seen: narrow and repeat
-                    expr = f"id <= {int(np.partition(ids, int(m) - 1)[int(m) - 1])}"
+                    bound = f"id <= {int(np.partition(ids, int(m) - 1)[int(m) - 1])}"
+                    expr = f"({where}) and {bound}" if where else bound
                 out.append(ids)
             return out
 

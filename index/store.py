@@ -36,6 +36,15 @@ import numpy as np
 from index.codes import BITS_CHOICES, as_codes, check_bits
 from index.errors import StoreClosedError, StoreCorruptError
 from index.exact import check_k
+from index.filters import (
+    AttributeIndex,
+    ItemSubset,
+    SearchFilter,
+    check_distinct,
+    cut_distance,
+    distinct_search,
+    make_filter,
+)
 from index.flat import DEFAULT_TIE_MARGIN
 from index.locking import RWLock
 from index.metadata import MetadataDB, corrupt_message
@@ -59,14 +68,17 @@ class VectorBackend(Protocol):
     def open(self, meta: MetadataDB) -> None:
         """Bring the backend in line with SQLite (load or rebuild)."""
 
-    def add(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray) -> None:
-        """Index new items."""
+    def add(self, modality: str, bits: int, ids: np.ndarray, codes: np.ndarray, labels: Sequence[str | None],
+            sources: Sequence[str]) -> None:
+        """Index new items (with their labels and sources, for backends that filter on them)."""
 
     def remove(self, modality: str, bits: int, ids: np.ndarray) -> None:
         """Drop items."""
 
-    def search(self, modality: str, bits: int, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search, order of :mod:`index.exact`."""
+    def search(
+        self, modality: str, bits: int, query_codes: np.ndarray, k: int, subset: ItemSubset | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search, order of :mod:`index.exact`, among the items of ``subset`` when given."""
 
     def count(self, modality: str, bits: int) -> int:
         """Number of indexed items."""
@@ -168,6 +180,10 @@ class HashStore:
         self._rw = RWLock()
         self._db_lock = threading.Lock()
         self._changes_since_snapshot = 0
+        #: labels and sources of every item, for filtered searches: built on the first one, then kept
+        #: up to date by the mutations (under the write lock)
+        self._attrs: AttributeIndex | None = None
+        self._attrs_lock = threading.Lock()
         self._lock = DirLock(self.data_dir)
         self._lock.acquire()
         self._meta: MetadataDB | None = None
@@ -232,16 +248,21 @@ class HashStore:
     # ------------------------------------------------------------------ mutations
     def _index_items(self, ids: Sequence[int], records: Sequence[ItemRecord]) -> None:
         """Add committed items to the backend (caller holds the write lock)."""
-        groups: dict[tuple[str, int], tuple[list[int], list[np.ndarray]]] = defaultdict(lambda: ([], []))
+        groups: dict[tuple[str, int], list[tuple[int, ItemRecord]]] = defaultdict(list)
         for item_id, rec in zip(ids, records, strict=True):
-            for bits, code in rec.codes.items():
-                gid, gcodes = groups[(rec.modality, bits)]
-                gid.append(item_id)
-                gcodes.append(code)
-        for (modality, bits), (gid, gcodes) in groups.items():
-            self._backend.add(modality, bits, np.asarray(gid, dtype=np.int64), np.stack(gcodes))
+            for bits in rec.codes:
+                groups[(rec.modality, bits)].append((item_id, rec))
+        for (modality, bits), group in groups.items():
+            gid = np.asarray([i for i, _ in group], dtype=np.int64)
+            gcodes = np.stack([r.codes[bits] for _, r in group])
+            self._backend.add(modality, bits, gid, gcodes, [r.label for _, r in group], [r.source for _, r in group])
+        if self._attrs is not None:
+            self._attrs.add(np.asarray(ids, dtype=np.int64), [r.label for r in records], [r.source for r in records])
 
-    def _unindex_items(self, records: Iterable[ItemRecord]) -> None:
+    def _unindex_items(self, records: Sequence[ItemRecord]) -> None:
+        if self._attrs is not None:
+            self._attrs.remove(np.asarray([r.id for r in records], dtype=np.int64), [r.label for r in records],
+                               [r.source for r in records])
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         for rec in records:
             for bits in rec.codes:
@@ -256,6 +277,7 @@ class HashStore:
             self._backend.committed(meta, keys)
         except Exception:
             logger.exception("search backend update failed after commit; rebuilding %s from SQLite", sorted(keys))
+            self._attrs = None  # may be half updated: rebuilt from SQLite by the next filtered search
             for modality, bits in sorted(keys):
                 self._backend.rebuild(meta, modality, bits)
             raise
@@ -435,8 +457,10 @@ class HashStore:
             self._require_open()
             return self._backend.count(modality, bits)
 
-    def search(self, modality: str, query_codes: np.ndarray, bits: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k-nearest items of ``modality`` by Hamming distance.
+    def search(self, modality: str, query_codes: np.ndarray, bits: int, k: int, *,
+               labels: Iterable[str] | None = None, sources: Iterable[str] | None = None,
+               max_distance: int | None = None, distinct: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-nearest items of ``modality`` by Hamming distance, optionally filtered.
 
         Args:
             modality: the modality searched (``"image"`` or ``"points"``); cross-modal retrieval
@@ -444,21 +468,55 @@ class HashStore:
             query_codes: ``uint8 [Q, bits // 8]`` (or one code ``[bits // 8]``).
             bits: code length, one of :data:`~index.codes.BITS_CHOICES`.
             k: results per query (>= 1).
+            labels: only items whose label is one of these (``None``: any label).
+            sources: only items whose source is one of these (``None``: any source).
+            max_distance: only items at most this far (inclusive).
+            distinct: ``"name"``: one hit per name, its nearest copy (ties: the smallest id).
+
+        The filters act inside the search (:mod:`index.filters`): when at least ``k`` items match,
+        ``k`` come back, the first ``k`` matching items in the order below.
 
         Returns:
             ``(distances int32 [Q, k], ids int64 [Q, k])`` sorted by ``(distance, id)`` ascending,
-            padded with ``-1`` / ``-1`` when fewer than ``k`` items exist.
+            padded with ``-1`` / ``-1`` when fewer than ``k`` items match.
 
         Raises:
-            ValueError: unknown modality, unsupported bits, ``k < 1`` or malformed codes.
+            ValueError: unknown modality, unsupported bits, ``k < 1``, malformed codes or a bad filter.
         """
         check_modality(modality)
         bits = check_bits(bits)
         k = check_k(k)
         q = as_codes(query_codes, bits, name="query_codes")
+        flt = make_filter(labels, sources, max_distance)
+        check_distinct(distinct)
         with self._rw.read():
-            self._require_open()
-            return self._backend.search(modality, bits, q, k)
+            meta = self._require_open()
+            subset = ItemSubset(flt, self._allowed_ids) if flt.restricts_items else None
+
+            def run(rows: np.ndarray | slice, m: int) -> tuple[np.ndarray, np.ndarray]:
+                return cut_distance(*self._backend.search(modality, bits, q[rows], m, subset), flt.max_distance)
+
+            if distinct is None:
+                return run(slice(None), k)
+            n = self._backend.count(modality, bits)
+            limit = min(n, getattr(self._backend, "max_k", n))
+            if limit == 0:
+                return run(slice(None), k)
+
+            def names(ids: list[int]) -> dict[int, str]:
+                with self._db_lock:
+                    return meta.names(ids)
+
+            return distinct_search(run, names, len(q), k, limit)
+
+    def _allowed_ids(self, flt: SearchFilter) -> np.ndarray:
+        """Sorted ids of the items matching ``flt`` (caller holds the read lock)."""
+        with self._attrs_lock:
+            if self._attrs is None:
+                with self._db_lock:
+                    ids, labels, sources = self._require_open().attributes()
+                self._attrs = AttributeIndex.build(ids, labels, sources)
+            return self._attrs.allowed_ids(flt)
 
     @property
     def backend(self) -> VectorBackend:
