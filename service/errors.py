@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from model.io import InputError
 
@@ -81,13 +82,28 @@ async def _input_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(INPUT_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+#: The methods a 405's ``Allow`` may name.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method that some route takes at the request's path. (Starlette's 405 names only the methods of
+    the first route of that path, e.g. ``POST`` for ``/api/v1/admin/jobs``, which also takes ``GET``.)"""
+    routes = getattr(request.app, "routes", ())
+    return {method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = getattr(exc, "headers", None)
     if exc.status_code == 400 and detail.startswith(_TOO_MANY_PARTS):  # Starlette's multipart limits
         code = "too_many_parts"
-    return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return error_response(exc.status_code, code, detail, headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

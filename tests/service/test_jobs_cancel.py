@@ -254,3 +254,13 @@ def test_old_jobs_database_is_upgraded(tmp_path):
         assert jobs.list() == (1, [old])
     finally:
         jobs.close()
+
+
+def test_405_lists_every_method_of_the_path(client):
+    """``/api/v1/admin/jobs`` takes GET and POST (two routes): a 405 there names both, token or not."""
+    for headers in ({}, H):
+        r = client.request("OPTIONS", JOBS, headers=headers)
+        assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed"), r.text
+        assert {"GET", "POST"} <= {m.strip() for m in r.headers["allow"].split(",")}, r.headers["allow"]
+    r = client.put(f"{JOBS}/abc/cancel", headers=H)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
