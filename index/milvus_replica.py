@@ -36,6 +36,7 @@ import numpy as np
 from index.codes import BITS_CHOICES, as_codes, check_bits, codes_to_hex, hex_to_codes
 from index.errors import IndexStoreError, StoreClosedError
 from index.exact import check_k
+from index.filters import ItemSubset, SearchFilter, check_distinct, cut_distance, distinct_search, make_filter
 from index.milvus_store import MilvusBackend, collection_name
 from index.records import MODALITIES, ItemRecord, check_modality
 
@@ -169,6 +170,31 @@ class MilvusCatalog:
         rows = self._client.query(ITEMS_COLLECTION, filter=expr, output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
+    def scan(self, expr: str = "", fields: Sequence[str] = ("id",), max_rows: int = 100_000) -> list[dict]:
+        """Every row matching ``expr`` (fields ``fields``), read id range by id range; ``ValueError`` past
+        ``max_rows`` rows (a replica's browsing and statistics are for collections of that size)."""
+        rows: list[dict] = []
+        lo, top = 0, self._max_id()
+        while lo <= top:
+            rng = f"id >= {lo} and id < {lo + _ID_RANGE}"
+            rows += self._client.query(ITEMS_COLLECTION, filter=f"({expr}) and {rng}" if expr else rng,
+                                       output_fields=list(fields))
+            if len(rows) > max_rows:
+                raise ValueError(f"more than {max_rows} items match: browse them on the indexer")
+            lo += _ID_RANGE
+        return rows
+
+    def _max_id(self) -> int:
+        top, step = 0, 1 << 20
+        while self._client.query(ITEMS_COLLECTION, filter=f"id >= {top + step}", output_fields=["id"], limit=1):
+            top += step
+            step *= 2
+        while step > 1:  # the largest id lies in [top, top + step)
+            step //= 2
+            if self._client.query(ITEMS_COLLECTION, filter=f"id >= {top + step}", output_fields=["id"], limit=1):
+                top += step
+        return top
+
     def _ids_between(self, lo: int, hi: int) -> set[int]:
         rows = self._client.query(ITEMS_COLLECTION, filter=f"id >= {lo} and id < {hi}", output_fields=["id"])
         return {int(r["id"]) for r in rows}
@@ -204,6 +230,10 @@ class MilvusCatalog:
             logger.warning("Milvus item records brought in line with the index database: %d published, %d removed",
                            published, removed)
         return published, removed
+
+
+def _no_ids(flt: SearchFilter) -> np.ndarray:  # pragma: no cover - Milvus filters by expression
+    raise RuntimeError("a Milvus search filters inside Milvus, never by allowed ids")
 
 
 def _quote(text: str) -> str:
@@ -314,20 +344,65 @@ class ReplicaStore:
             return 0
         return self._call(self.catalog.count, modality)
 
+    def browse(self, labels: Sequence[str] = (), sources: Sequence[str] = (), modality: str | None = None,
+               offset: int = 0, limit: int = 50) -> tuple[int, list[ItemRecord]]:
+        """As :meth:`index.store.HashStore.browse` (``ValueError`` beyond 100,000 matching items)."""
+        if modality is not None:
+            check_modality(modality)
+        if int(offset) < 0 or int(limit) < 1:
+            raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
+        clauses = [f"modality == {_quote(modality)}"] if modality is not None else []
+        if labels:
+            clauses.append(f"(has_label == true and label in [{', '.join(_quote(v) for v in labels)}])")
+        if sources:
+            clauses.append(f"source in [{', '.join(_quote(v) for v in sources)}]")
+        ids = sorted(int(r["id"]) for r in self._call(self.catalog.scan, " and ".join(clauses)))
+        page = ids[int(offset) : int(offset) + int(limit)]
+        return len(ids), [r for r in self.get_many(page) if r is not None]
+
+    def stats(self) -> dict[str, dict]:
+        """As :meth:`index.store.HashStore.stats` (``ValueError`` beyond 100,000 items)."""
+        rows = self._call(self.catalog.scan, "", ("modality", "has_label", "label", "source"))
+        modalities = dict.fromkeys(MODALITIES, 0)
+        labels: dict[str | None, int] = {}
+        sources: dict[str, int] = {}
+        for r in rows:
+            modalities[r["modality"]] = modalities.get(r["modality"], 0) + 1
+            label = r["label"] if r["has_label"] else None
+            labels[label] = labels.get(label, 0) + 1
+            sources[r["source"]] = sources.get(r["source"], 0) + 1
+        return {"modalities": modalities,
+                "labels": dict(sorted(labels.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))),
+                "sources": dict(sorted(sources.items()))}
+
     def index_count(self, modality: str, bits: int) -> int:
         check_modality(modality)
         return self._call(self._backend.stored_count, modality, check_bits(bits))
 
-    def search(self, modality: str, query_codes: np.ndarray, bits: int, k: int, **filters: Any
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k-nearest items, as :meth:`index.store.HashStore.search` (same validation, order, padding)."""
+    def search(self, modality: str, query_codes: np.ndarray, bits: int, k: int, *,
+               labels: Iterable[str] | None = None, sources: Iterable[str] | None = None,
+               max_distance: int | None = None, distinct: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k-nearest items, as :meth:`index.store.HashStore.search` (same validation, filters, order and
+        padding); the label and source filters run inside Milvus."""
         check_modality(modality)
         bits = check_bits(bits)
         k = check_k(k)
         q = as_codes(query_codes, bits, name="query_codes")
-        if filters:
-            raise ValueError(f"search filters {sorted(filters)} are not supported by this replica")
-        return self._call(self._backend.search, modality, bits, q, k)
+        flt = make_filter(labels, sources, max_distance)
+        check_distinct(distinct)
+        subset = ItemSubset(flt, _no_ids) if flt.restricts_items else None
+
+        def run(rows: np.ndarray | slice, m: int) -> tuple[np.ndarray, np.ndarray]:
+            return cut_distance(*self._call(self._backend.search, modality, bits, q[rows], m, subset),
+                                flt.max_distance)
+
+        if distinct is None:
+            return run(slice(None), k)
+
+        def names(ids: list[int]) -> dict[int, str]:
+            return {int(r.id): r.name for r in self.get_many(ids) if r is not None}  # type: ignore[arg-type]
+
+        return distinct_search(run, names, len(q), k, self._backend.max_k)
 
     @property
     def backend(self) -> MilvusBackend:

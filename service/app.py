@@ -23,24 +23,28 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from index.errors import StoreCorruptError, StoreLockedError
+from index.milvus_replica import ReplicaStore, SharedIndexUnavailable
 from index.records import MODALITIES
 from index.store import HashStore
 
 from .auth import AdminGuardMiddleware
 from .codes_model import CodesModelError, check_codes_model, short
 from .engine import InferenceEngine
-from .errors import install_error_handlers
+from .errors import error_response, install_error_handlers
 from .indexing import ItemWriter, build_demo_gallery
 from .job_store import JOB_DB, JobStore
 from .jobs import UPLOAD_DIR, JobRunner
 from .memory import MemoryTrimmer
 from .metrics import LatencyMiddleware, Metrics
+from .objects import LocalObjects, make_objects
 from .preflight import check_store
 from .reencode import reencode_items
 from .routes import ROUTERS
+from .scale import WATCH_INTERVAL_S, RoleGuardMiddleware, SharedPublisher, replica_problem, replica_ready
 from .schemas import ErrorBody
 from .security import SecurityHeadersMiddleware
 from .settings import Settings
@@ -71,7 +75,8 @@ def _start(state: ServiceState) -> None:
     from model.encode import Encoder
 
     s = state.settings
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    if s.role != "search":  # a search replica keeps nothing of its own
+        s.data_dir.mkdir(parents=True, exist_ok=True)
     threads = _cpu_threads(s)
     state.status = "loading model"
     state.encoder = Encoder.from_weights(s.weights_dir, device=s.device)
@@ -79,16 +84,24 @@ def _start(state: ServiceState) -> None:
     logger.info("model CPU threads: %d (%s)", threads, s.cpu_parallel)
     logger.info("encoder loaded (%s, bits %s) on %s", state.encoder.cfg.name, state.encoder.bits,
                 state.encoder.device)
+    if s.role == "search":
+        _start_replica(state)
+        return
     state.status = "opening index"
     state.store = HashStore(s.data_dir, backend=s.backend, milvus_uri=s.milvus_uri, scan=s.scan,
                             check_integrity=not state.store_checked)
+    state.objects = LocalObjects(s.data_dir)
     _check_codes(state)
+    if s.role == "indexer":  # publish what the journal holds and the shared state lacks (after a crash)
+        state.status = "bringing the shared index in line"
+        state.shared = SharedPublisher(s)
+        state.shared.sync(state.store)
     engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
                              on_batch=state.metrics.observe_batch)
     state.status = "warming up"
     engine.start()
     state.engine = engine
-    state.writer = ItemWriter(s.data_dir, state.store, state.encoder, engine.model_lock)
+    state.writer = ItemWriter(s.data_dir, state.store, state.encoder, engine.model_lock, shared=state.shared)
     try:  # before the job runner starts: nothing writes files meanwhile (the grace period is a second guard)
         state.writer.sweep_orphans(s.orphan_grace_s)
     except OSError as exc:
@@ -102,6 +115,37 @@ def _start(state: ServiceState) -> None:
     state.runner = runner
     state.trimmer = MemoryTrimmer(s.malloc_trim_interval_s)
     state.trimmer.start()
+
+
+def _start_replica(state: ServiceState) -> None:
+    """A search replica: the shared Milvus server and bucket, the model; no data directory, jobs nor writer."""
+    s = state.settings
+    assert state.encoder is not None
+    state.status = "connecting to the shared index"
+    store = ReplicaStore(str(s.milvus_uri))
+    state.store = store  # type: ignore[assignment]
+    problem = replica_problem(store, state.encoder.weights_id, str(s.milvus_uri))
+    if problem:  # the lifespan closes the store
+        raise CodesModelError(problem)
+    state.objects = make_objects(s, s.data_dir, create=True)
+    engine = InferenceEngine(state.encoder, s.max_batch, s.max_wait_ms, s.max_pending,
+                             on_batch=state.metrics.observe_batch)
+    state.status = "warming up"
+    engine.start()
+    state.engine = engine
+    state.trimmer = MemoryTrimmer(s.malloc_trim_interval_s)
+    state.trimmer.start()
+
+
+def _watch_replica(state: ServiceState, stop: threading.Event) -> None:
+    """A search replica is ready while the shared collections exist and hold codes of its weights."""
+    assert state.store is not None and state.encoder is not None
+    while not stop.is_set():
+        ok, status = replica_ready(state.store, state.encoder.weights_id, str(state.settings.milvus_uri))  # type: ignore[arg-type]
+        if ok != state.ready or status != state.status:
+            (logger.info if ok else logger.warning)("search replica %s: %s", "ready" if ok else "not ready", status)
+        state.ready, state.status = ok, status
+        stop.wait(WATCH_INTERVAL_S if ok else 0.5)
 
 
 def _check_codes(state: ServiceState) -> None:
@@ -130,6 +174,9 @@ def _search_works(state: ServiceState) -> bool:
 def _prepare_gallery(state: ServiceState, stop: threading.Event) -> None:
     """Build the demo gallery when the store is empty, then mark the service ready."""
     s = state.settings
+    if s.role == "search":
+        _watch_replica(state, stop)
+        return
     try:
         assert state.store is not None and state.writer is not None
         if state.reencode_demo:
@@ -143,6 +190,8 @@ def _prepare_gallery(state: ServiceState, stop: threading.Event) -> None:
             state.status = "re-encoding the demo gallery"
             reencode_items(state.writer, state.encoder.weights_id, drop_missing=True, progress=reencoded)
             state.reencode_demo = False
+            if state.shared is not None:  # every record's codes changed
+                state.shared.publish_all(state.store)
         if s.build_demo_gallery and state.store.count() == 0:
             state.status = "building demo gallery"
 
@@ -175,9 +224,12 @@ def _stop(state: ServiceState) -> None:
         state.jobs.close()
     if state.store is not None:
         state.store.close()
+    if state.shared is not None:
+        state.shared.close()
     if state.trimmer is not None:
         state.trimmer.stop()
     state.runner = state.trimmer = state.engine = state.jobs = state.store = state.writer = None
+    state.shared = state.objects = None
     if not state.status.startswith("start-up failed"):  # keep why it never started
         state.status = "stopped"
 
@@ -190,7 +242,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         try:
             await run_in_threadpool(_start, state)
-        except (StoreCorruptError, StoreLockedError, CodesModelError) as exc:
+        except (StoreCorruptError, StoreLockedError, CodesModelError, SharedIndexUnavailable) as exc:
             logger.error("cannot start: %s", exc)
             state.status = f"start-up failed: {exc}"
             raise
@@ -217,6 +269,13 @@ def create_app(settings: Settings | None = None, *, store_checked: bool = False)
                   description="Cross-modal hashing retrieval between images and 3D point clouds.")
     app.state.cmah = state
     install_error_handlers(app)
+
+    async def shared_index_unavailable(_request: object, exc: Exception) -> JSONResponse:
+        logger.warning("%s", exc)
+        return error_response(503, "index_unavailable", "the shared index cannot answer right now; retry shortly",
+                              {"Retry-After": "2"})
+
+    app.add_exception_handler(SharedIndexUnavailable, shared_index_unavailable)
     parts = settings.max_form_parts
     for router in ROUTERS:
         # /health, /ready and /metrics take no input and do not need a running model
@@ -240,6 +299,8 @@ def create_app(settings: Settings | None = None, *, store_checked: bool = False)
                        total_timeout=settings.body_total_timeout_s)
     app.add_middleware(AdminGuardMiddleware, token=settings.admin_token,  # before any admin body is read
                        routes=app.router.routes)
+    # a search replica answers admin requests with 421 (naming the indexer), token or not
+    app.add_middleware(RoleGuardMiddleware, role=settings.role, indexer_url=settings.indexer_url)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
@@ -268,7 +329,7 @@ def _signals_end_quietly() -> Iterator[None]:
 
 
 def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None,
-               checked: bool = False) -> int:
+               checked: bool = False, role: str | None = None) -> int:
     """Serve the app with uvicorn until SIGTERM/SIGINT; returns the exit code (0, or 1 when start-up failed).
 
     Raises:
@@ -286,12 +347,14 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path |
     settings = Settings()
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+    if role is not None:
+        settings = settings.model_copy(update={"role": role})
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("service", "index", "model"):  # `cmah` may have configured logging already (WARNING)
         logging.getLogger(name).setLevel(level)
     read_manifest(settings.weights_dir or SHIPPED_WEIGHTS_DIR)  # fail fast, with one line, on missing weights
-    if not checked:
+    if not checked and settings.role != "search":  # (a search replica has no index database)
         check_store(settings)  # and on a damaged index database
     server = uvicorn.Server(uvicorn.Config(create_app(settings, store_checked=True), host=host, port=port,
                                            log_level=settings.log_level.lower(),

@@ -35,6 +35,8 @@ from .codes_model import CodesModelError, check_codes_model
 if TYPE_CHECKING:
     import torch
 
+    from .scale import SharedPublisher
+
 logger = logging.getLogger(__name__)
 
 PREVIEW_DIR = "previews"
@@ -48,11 +50,15 @@ _OWN_FILE = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<ext>png|npy)(?P<tmp>\.tmp)?
 class ItemWriter:
     """Encodes and stores items (thread-safe; model calls hold ``model_lock``)."""
 
-    def __init__(self, data_dir: Path, store: HashStore, encoder: Encoder, model_lock: threading.Lock):
+    def __init__(self, data_dir: Path, store: HashStore, encoder: Encoder, model_lock: threading.Lock,
+                 shared: SharedPublisher | None = None):
         self.data_dir = Path(data_dir)
         self.store = store
         self.encoder = encoder
         self.model_lock = model_lock
+        #: the indexer of a scale-out deployment: files are copied to the bucket before their items are
+        #: committed, and the committed items are published for the search replicas (service/scale.py)
+        self.shared = shared
         (self.data_dir / PREVIEW_DIR).mkdir(parents=True, exist_ok=True)
         (self.data_dir / CLOUD_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -83,6 +89,8 @@ class ItemWriter:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if self.shared is not None:
+            self.shared.objects.put(rel, final.read_bytes())
 
     def _save_png(self, key: str, img: Image.Image) -> str:
         rel = f"{PREVIEW_DIR}/{key}.png"
@@ -94,9 +102,14 @@ class ItemWriter:
 
     def _remove_files(self, keys: Sequence[str]) -> None:
         """Delete the preview and cloud files of items that were not stored (a failed batch)."""
-        for key in keys:
-            for rel in (f"{PREVIEW_DIR}/{key}.png", f"{CLOUD_DIR}/{key}.npy"):
-                (self.data_dir / rel).unlink(missing_ok=True)
+        rels = [rel for key in keys for rel in (f"{PREVIEW_DIR}/{key}.png", f"{CLOUD_DIR}/{key}.npy")]
+        for rel in rels:
+            (self.data_dir / rel).unlink(missing_ok=True)
+        if self.shared is not None:
+            try:
+                self.shared.objects.delete(rels)
+            except Exception as exc:  # noqa: BLE001 - the batch's own error matters more
+                logger.warning("could not delete the objects of a failed batch: %s", exc)
 
     def _store(self, keys: list[str], build: Callable[[int, str], list[dict]]) -> list[int]:
         """Write the files of each shape (``build(i, key)`` writes them and returns its items), then add
@@ -106,10 +119,28 @@ class ItemWriter:
         try:
             for i, key in enumerate(keys):
                 items.extend(build(i, key))
-            return self.store.add(items)
+            ids = self.store.add(items)
         except BaseException:
             self._remove_files(keys)
             raise
+        if self.shared is not None:  # committed: a failure here is repaired by the next sync, not undone
+            self.shared.publish(self.store, ids)
+        return ids
+
+    def delete_items(self, ids: Sequence[int]) -> list[int]:
+        """Delete items (unknown ids are ignored); returns the ids deleted. In a scale-out deployment their
+        records and the objects no remaining item refers to are removed from the shared state too."""
+        records = [r for r in self.store.get_many(ids) if r is not None]
+        deleted = self.store.delete([int(r.id) for r in records])  # type: ignore[arg-type]
+        if self.shared is not None and deleted:
+            previews, keys = self.store.file_references()
+            gone = {int(i) for i in deleted}
+            dropped = [r for r in records if int(r.id) in gone]  # type: ignore[arg-type]
+            unreferenced = sorted({r.preview for r in dropped if r.preview and r.preview not in previews}
+                                  | {f"{CLOUD_DIR}/{r.item_key}.npy" for r in dropped
+                                     if r.item_key and r.item_key not in keys and r.item_key.isalnum()})
+            self.shared.unpublish(dropped, unreferenced)
+        return deleted
 
     def _check_codes_model(self) -> None:
         """Codes are added only to a store whose codes these weights made; an empty store records them
@@ -154,6 +185,8 @@ class ItemWriter:
                     removed += 1
         logger.info("orphan sweep: deleted %d preview/cloud file(s) no item refers to (older than %g s; %d newer "
                     "ones kept)", removed, grace_s, kept_fresh)
+        if self.shared is not None:  # and their copies in the bucket of a scale-out deployment
+            removed += self.shared.sweep_objects(previews, keys, cutoff)
         return removed
 
     # ------------------------------------------------------------------ items

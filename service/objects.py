@@ -13,7 +13,7 @@ bytes (the writer derives names from the item's key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,10 +88,11 @@ class LocalObjects:
 
     def local_path(self, name: str) -> Path | None:
         try:
-            path = self._path(name)
+            path = self._path(name).resolve()
         except ValueError:
             return None
-        return path if path.is_file() else None
+        folder = (self.root / name.partition("/")[0]).resolve()
+        return path if path.parent == folder and path.is_file() else None  # no way out by a link
 
 
 class S3Objects:
@@ -125,8 +126,12 @@ class S3Objects:
         except ClientError as exc:
             if not create or self._code(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
-            self._client.create_bucket(Bucket=bucket)
-            logger.info("created the S3 bucket %s at %s", bucket, endpoint or "AWS")
+            try:
+                self._client.create_bucket(Bucket=bucket)
+                logger.info("created the S3 bucket %s at %s", bucket, endpoint or "AWS")
+            except ClientError as again:  # another process created it meanwhile
+                if self._code(again) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     @staticmethod
     def _code(exc: Exception) -> str:
@@ -168,6 +173,14 @@ class S3Objects:
 
     def local_path(self, name: str) -> Path | None:
         return None
+
+    def listing(self) -> Iterator[tuple[str, float]]:
+        """``(name, last modified as a Unix time)`` of every object under :data:`PREFIXES`."""
+        pages = self._client.get_paginator("list_objects_v2")
+        for prefix in PREFIXES:
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix):], obj["LastModified"].timestamp()
 
 
 def make_objects(settings: Any, data_dir: Path, *, create: bool = False) -> ObjectStore:

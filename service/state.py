@@ -19,6 +19,8 @@ from .job_store import JobStore
 from .jobs import JobRunner
 from .memory import MemoryTrimmer
 from .metrics import Metrics
+from .objects import ObjectStore
+from .scale import SharedPublisher
 from .settings import Settings
 
 
@@ -27,12 +29,17 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     encoder: Encoder | None = None
+    #: a HashStore, or on a search replica (role "search") an index.milvus_replica.ReplicaStore
     store: HashStore | None = None
     engine: InferenceEngine | None = None
     writer: ItemWriter | None = None
     jobs: JobStore | None = None
     runner: JobRunner | None = None
     trimmer: MemoryTrimmer | None = None
+    #: where the items' preview and cloud files are read from (the data dir, or the S3 bucket of a replica)
+    objects: ObjectStore | None = None
+    #: the indexer of a scale-out deployment: what it publishes for the search replicas (service/scale.py)
+    shared: SharedPublisher | None = None
     ready: bool = False
     status: str = "starting"
     #: the index database was checked (``PRAGMA quick_check``) before start-up: opening the store skips it
@@ -60,13 +67,18 @@ class Running:
     jobs: JobStore
     runner: JobRunner
     metrics: Metrics
+    objects: ObjectStore
 
 
 def get_running(state: StateDep) -> Running:
-    if None in (state.encoder, state.store, state.engine, state.writer, state.jobs, state.runner):
+    # a search replica (role "search") has no writer, jobs nor runner: its admin routes answer 421 before this
+    needed = (state.encoder, state.store, state.engine, state.objects)
+    if state.settings.role != "search":
+        needed += (state.writer, state.jobs, state.runner)
+    if None in needed:
         raise APIError(503, "not_ready", f"the service is not ready yet ({state.status})", {"Retry-After": "5"})
     return Running(state.settings, state.encoder, state.store, state.engine, state.writer,  # type: ignore[arg-type]
-                   state.jobs, state.runner, state.metrics)  # type: ignore[arg-type]
+                   state.jobs, state.runner, state.metrics, state.objects)  # type: ignore[arg-type]
 
 
 RunningDep = Annotated[Running, Depends(get_running)]

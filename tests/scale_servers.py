@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,29 +28,36 @@ def _need(module: str, extra: str) -> None:
         pytest.skip(msg)
 
 
+#: the servers of this test process, started once whichever test modules import the fixtures (each import is
+#: a fixture of its own to pytest) and stopped when the session ends
+_STARTED: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URI of a real Milvus standalone server, started once per test session (~10-30 s)."""
+def milvus_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URI of a real Milvus standalone server, started once per test session (~10-60 s)."""
     _need("milvus", "dev")
     _need("pymilvus", "milvus")
+    if "milvus" in _STARTED:
+        return str(_STARTED["milvus"])
     from milvus import MilvusServer
 
-    server = MilvusServer()
+    server = MilvusServer(wait_for_started=False)
     base: Path = tmp_path_factory.mktemp("milvus-server")
     server.set_base_dir(str(base))
     t0 = time.monotonic()
     try:
         server.start()
+        server.wait_started(600_000)  # a loaded 2-core machine can take minutes
     except Exception as exc:  # noqa: BLE001 - report the server's own log
         log = base / "logs" / "milvus-stderr.log"
         tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
         server.stop()
         pytest.fail(f"the Milvus server did not start: {exc}\n{tail}")
-    print(f"Milvus {server.config.get('proxy_port')} started in {time.monotonic() - t0:.1f} s")  # noqa: T201
-    try:
-        yield f"http://127.0.0.1:{server.listen_port}"
-    finally:
-        server.stop()
+    print(f"Milvus {server.listen_port} started in {time.monotonic() - t0:.1f} s")  # noqa: T201
+    request.config.add_cleanup(server.stop)
+    _STARTED["milvus"] = f"http://127.0.0.1:{server.listen_port}"
+    return str(_STARTED["milvus"])
 
 
 @dataclass(frozen=True)
@@ -67,16 +73,16 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
     """An S3-compatible server (moto) on a free local port."""
     _need("moto", "dev")
     _need("boto3", "milvus")
-    from moto.server import ThreadedMotoServer
+    if "s3" not in _STARTED:
+        from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield S3Server(f"http://{host}:{port}")
-    finally:
-        server.stop()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        request.config.add_cleanup(server.stop)
+        host, port = server.get_host_and_port()
+        _STARTED["s3"] = S3Server(f"http://{host}:{port}")
+    return _STARTED["s3"]  # type: ignore[return-value]

@@ -145,6 +145,7 @@ async def cancel_job(run: RunningDep, job_id: JobId) -> JobStatus:
 
 @router.delete("/items/{item_id}", response_model=Deleted, responses={404: {"model": ErrorBody}})
 async def delete_item(run: RunningDep, item_id: Annotated[int, Path(ge=1)]) -> Deleted:
-    if not run.store.delete([item_id]):
+    # (through the writer: in a scale-out deployment it also removes the item's shared record and objects)
+    if not await run_in_threadpool(run.writer.delete_items, [item_id]):
         raise APIError(404, "not_found", f"no item with id {item_id}")
     return Deleted(deleted=item_id)

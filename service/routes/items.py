@@ -30,8 +30,14 @@ def get_item(run: Running, item_id: int) -> ItemRecord:
     return rec
 
 
+def cloud_name(item_key: str | None) -> str | None:
+    """The object name of a cloud item's points (``None`` for a key the writer never makes)."""
+    return f"clouds/{item_key}.npy" if item_key and item_key.isalnum() else None
+
+
 def item_body(run: Running, rec: ItemRecord) -> Item:
-    has_cloud = rec.modality == "points" and run.writer.cloud_path(rec.item_key) is not None
+    cloud = cloud_name(rec.item_key) if rec.modality == "points" else None
+    has_cloud = cloud is not None and run.objects.exists(cloud)
     return Item(id=int(rec.id or 0), modality=rec.modality, name=rec.name, label=rec.label,  # type: ignore[arg-type]
                 source=rec.source, created=rec.created, item_key=rec.item_key, bits=sorted(rec.codes),
                 preview_url=f"/api/v1/items/{rec.id}/preview.png" if rec.preview else None,
@@ -45,17 +51,20 @@ async def read_item(run: RunningDep, item_id: ItemId) -> Item:
 
 @router.get("/{item_id}/preview.png", response_class=FileResponse,
             responses={**NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "the preview image"}})
-async def read_preview(run: RunningDep, item_id: ItemId) -> FileResponse:
+async def read_preview(run: RunningDep, item_id: ItemId) -> Response:
     rec = get_item(run, item_id)
-    path = run.writer.preview_path(rec.preview)
-    if path is None:
+    path = run.objects.local_path(rec.preview) if rec.preview else None
+    if path is not None:
+        return FileResponse(path, media_type="image/png")
+    data = await run_in_threadpool(run.objects.get, rec.preview) if rec.preview else None
+    if data is None:
         raise APIError(404, "no_preview", f"item {item_id} has no preview")
-    return FileResponse(path, media_type="image/png")
+    return Response(data, media_type="image/png")
 
 
-def _ply_bytes(path: str) -> bytes:
+def _ply_bytes(data: bytes) -> bytes:
     buf = io.BytesIO()
-    write_ply(buf, np.load(path, allow_pickle=False))
+    write_ply(buf, np.load(io.BytesIO(data), allow_pickle=False))
     return buf.getvalue()
 
 
@@ -67,9 +76,10 @@ async def read_points(run: RunningDep, item_id: ItemId) -> Response:
     if rec.modality != "points":
         raise APIError(404, "not_a_point_item", f"item {item_id} is an image item; point clouds are served for "
                        "point items only")
-    path = run.writer.cloud_path(rec.item_key)
-    if path is None:
+    name = cloud_name(rec.item_key)
+    data = await run_in_threadpool(run.objects.get, name) if name else None
+    if data is None:
         raise APIError(404, "no_points", f"the point cloud of item {item_id} is not stored")
-    body = await run_in_threadpool(_ply_bytes, str(path))
+    body = await run_in_threadpool(_ply_bytes, data)
     return Response(body, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="item-{item_id}.ply"'})

@@ -73,12 +73,35 @@ def test_replica_reads_what_the_writer_published(milvus_uri: str, tmp_path: Path
         assert replica.count() == writer.count() == 490
         assert replica.get_many(lost) == writer.get_many(lost)
 
+        # browsing and statistics on a replica, against the records themselves
+        everything = [r for r in writer.get_many(writer.item_ids(limit=10**6)) if r is not None]
+        want = [r.id for r in everything if r.modality == "image" and r.label in ("c1", "c2")]
+        total, page = replica.browse(labels=["c1", "c2"], modality="image", offset=3, limit=10)
+        assert total == len(want) and [r.id for r in page] == want[3:13]
+        assert replica.browse(sources=["nope"])[0] == 0
+        stats = replica.stats()
+        assert stats["modalities"] == {m: sum(r.modality == m for r in everything) for m in ("image", "points")}
+        assert stats["labels"][None] == sum(r.label is None for r in everything)
+        assert stats["sources"] == {"test": len(everything)}
+
         catalog.set_value("codes_model", "abc")
         assert replica.get_value("codes_model") == "abc"
         catalog.set_value("codes_model", None)
         assert replica.get_value("codes_model") is None
+        # filters run inside Milvus: the reference scans only the matching records
+        def matching(r) -> bool:  # noqa: ANN001
+            return r.label in ("c1", "c2")
+
+        everything = [r for r in writer.get_many(writer.item_ids(limit=10**6)) if r is not None]
+        allowed = [r for r in everything if r.modality == "points" and matching(r)]
+        db = np.stack([r.codes[64] for r in allowed])
+        want = ref.search(queries[64], db, np.array([r.id for r in allowed], dtype=np.int64), 15)
+        got = replica.search("points", queries[64], 64, 15, labels=["c1", "c2"])
+        ref.assert_same(got, want)
+        near = replica.search("points", queries[64], 64, 15, labels=["c1", "c2"], max_distance=int(want[0][0, 7]))
+        assert (near[1][0] >= 0).sum() >= 8 and (near[0][0][near[1][0] >= 0] <= want[0][0, 7]).all()
         with pytest.raises(ValueError):
-            replica.search("image", queries[16], 16, 5, labels=["c1"])
+            replica.search("image", queries[16], 16, 5, labels=[""])
     finally:
         replica.close()
         writer.close()
