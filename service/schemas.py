@@ -18,6 +18,9 @@ class SearchHit(BaseModel):
     distance: int = Field(description="Hamming distance to the query code")
     name: str
     label: str | None = Field(description="class name, or null when unknown")
+    source: str = Field(description="where the item came from: `demo` (the demo gallery), `job:<id>` (an "
+                                    "indexing job), or what `cmah index add` recorded")
+    modality: Literal["image", "points"] = Field(description="the kind of item: a picture or a point cloud")
     preview_url: str | None
 
 

@@ -21,10 +21,11 @@ from model.io import InputError
 
 from ..engine import QueueFull
 from ..errors import APIError
-from ..schemas import BatchFileError, BatchResult, BatchSearchResponse, SearchHit
+from ..schemas import BatchFileError, BatchResult, BatchSearchResponse
+from ..searching import FiltersDep, SearchFilters, find_hits
 from ..state import Running, RunningDep
 from ..uploads import read_upload
-from .search import ERRORS, Bits, K, _preprocess, preview_url
+from .search import ERRORS, Bits, K, _preprocess
 
 router = APIRouter(prefix="/api/v1/search", tags=["search"])
 
@@ -61,23 +62,8 @@ def _read_all(run: Running, query: str, uploads: list[tuple[str | None, bytes | 
     return out
 
 
-def _hits(run: Running, target: str, codes: np.ndarray, bits: int, k: int) -> list[list[SearchHit]]:
-    """The hits of each query code (rows of ``codes``), as the single search builds them."""
-    dist, ids = run.store.search(target, codes, bits, k)
-    pairs = [[(int(i), int(d)) for i, d in zip(row_i, row_d, strict=True) if i >= 0]
-             for row_i, row_d in zip(ids, dist, strict=True)]
-    wanted = sorted({i for row in pairs for i, _ in row})
-    records = dict(zip(wanted, run.store.get_many(wanted), strict=True))
-    out = []
-    for row in pairs:
-        found = [(i, d, records[i]) for i, d in row if records[i] is not None]
-        out.append([SearchHit(rank=r + 1, id=i, distance=d, name=rec.name, label=rec.label,
-                              preview_url=preview_url(rec)) for r, (i, d, rec) in enumerate(found)])
-    return out
-
-
-async def search_batch(run: Running, files: list[UploadFile], query: str, target: str, k: int, bits: int
-                       ) -> BatchSearchResponse:
+async def search_batch(run: Running, files: list[UploadFile], query: str, target: str, k: int, bits: int,
+                       filters: SearchFilters | None = None) -> BatchSearchResponse:
     t0 = time.perf_counter()
     if bits not in run.encoder.bits:
         raise APIError(422, "invalid_request", f"bits must be one of {list(run.encoder.bits)} for these weights")
@@ -106,7 +92,7 @@ async def search_batch(run: Running, files: list[UploadFile], query: str, target
                 searched.append((n, codes[bits]))
         if searched:
             rows = np.stack([c for _, c in searched])
-            hits = await run_in_threadpool(_hits, run, target, rows, bits, k)
+            hits = await run_in_threadpool(find_hits, run, target, rows, bits, k, filters)
             for (n, _), row in zip(searched, hits, strict=True):
                 entries[n] = BatchResult(filename=files[n].filename, results=row)
     queries = [e for e in entries if isinstance(e, BatchResult | BatchFileError)]
@@ -115,8 +101,9 @@ async def search_batch(run: Running, files: list[UploadFile], query: str, target
 
 
 def _route(query: str, target: str, summary: str) -> None:
-    async def endpoint(run: RunningDep, file: Uploads, k: K = 10, bits: Bits = 64) -> BatchSearchResponse:
-        return await search_batch(run, file, query, target, k, bits)
+    async def endpoint(run: RunningDep, file: Uploads, filters: FiltersDep, k: K = 10, bits: Bits = 64
+                       ) -> BatchSearchResponse:
+        return await search_batch(run, file, query, target, k, bits, filters)
 
     path_q = "points" if query == "points" else "image"
     path_t = "points" if target == "points" else "images"

@@ -10,12 +10,12 @@ from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
-from index.records import ItemRecord
 from model.io import InputError, load_points, read_image, sniff_kind
 
 from ..engine import QueueFull
 from ..errors import APIError
-from ..schemas import ErrorBody, SearchHit, SearchResponse
+from ..schemas import ErrorBody, SearchResponse
+from ..searching import FiltersDep, SearchFilters, find_hits
 from ..state import Running, RunningDep
 from ..uploads import OneFile, content_phrase, read_upload
 
@@ -36,10 +36,6 @@ Bits = Annotated[int, AfterValidator(_check_bits),
 Upload = Annotated[UploadFile, File(description="the query file")]
 
 ERRORS = {s: {"model": ErrorBody} for s in (400, 413, 415, 422, 503)}
-
-
-def preview_url(rec: ItemRecord) -> str | None:
-    return f"/api/v1/items/{rec.id}/preview.png" if rec.preview else None
 
 
 def check_content(kind: str, data: bytes) -> None:
@@ -63,7 +59,8 @@ def _preprocess(run: Running, kind: str, data: bytes, filename: str | None) -> t
     return run.encoder.points_tensor(load_points(data, name=filename, max_bytes=s.max_upload_bytes))[0]
 
 
-async def search(run: Running, file: UploadFile, query: str, target: str, k: int, bits: int) -> SearchResponse:
+async def search(run: Running, file: UploadFile, query: str, target: str, k: int, bits: int,
+                 filters: SearchFilters | None = None) -> SearchResponse:
     t0 = time.perf_counter()
     if bits not in run.encoder.bits:
         raise APIError(422, "invalid_request", f"bits must be one of {list(run.encoder.bits)} for these weights")
@@ -73,17 +70,14 @@ async def search(run: Running, file: UploadFile, query: str, target: str, k: int
         codes = await run.engine.encode(query, tensor)
     except QueueFull as exc:
         raise APIError(503, "overloaded", f"the service is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
-    dist, ids = await run_in_threadpool(run.store.search, target, codes[bits], bits, k)
-    pairs = [(int(i), int(d)) for i, d in zip(ids[0], dist[0], strict=True) if i >= 0]
-    records = await run_in_threadpool(run.store.get_many, [i for i, _ in pairs])
-    hits = [SearchHit(rank=r + 1, id=i, distance=d, name=rec.name, label=rec.label, preview_url=preview_url(rec))
-            for r, ((i, d), rec) in enumerate(zip(pairs, records, strict=True)) if rec is not None]
+    (hits,) = await run_in_threadpool(find_hits, run, target, codes[bits][None], bits, k, filters)
     return SearchResponse(bits=bits, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 3), results=hits)
 
 
 def _route(query: str, target: str, summary: str) -> None:
-    async def endpoint(run: RunningDep, file: Upload, k: K = 10, bits: Bits = 64) -> SearchResponse:
-        return await search(run, file, query, target, k, bits)
+    async def endpoint(run: RunningDep, file: Upload, filters: FiltersDep, k: K = 10, bits: Bits = 64
+                       ) -> SearchResponse:
+        return await search(run, file, query, target, k, bits, filters)
 
     path_q = "points" if query == "points" else "image"
     path_t = "points" if target == "points" else "images"
