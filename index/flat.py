@@ -39,7 +39,7 @@ import numpy as np
 
 from index.codes import WORD_DTYPES, as_codes, check_bits, popcount
 from index.exact import BandFetcher, brute_force_search, check_k, empty_result, resolve_ties
-from index.filters import subset_rows
+from index.filters import id_row_table, subset_rows
 from index.mih import DEFAULT_BUDGET_FACTOR, SCAN_NS, MultiIndexHash
 
 logger = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ class FaissFlatIndex:
         self._kernel: ModuleType | None = None
         self._kernel_pending: ModuleType | None = None  # warming up in the background
         self._kernel_db: tuple[np.ndarray, np.ndarray] | None = None  # see _kernel_arrays (None: stale)
+        self._id_rows: tuple[np.ndarray | None] | None = None  # (id -> row table or None), None: stale
         self.scan = scan
 
     @property
@@ -314,7 +315,7 @@ class FaissFlatIndex:
             self._index.add_with_ids(pad_codes(arr, self.faiss_bytes), ids)
             self._accel_stale = self.accelerator is not None
             self._mih_stale = True
-            self._kernel_db = None
+            self._kernel_db = self._id_rows = None
             self._rows_in_id_order &= bool(ids[0] > self._max_id and np.all(ids[1:] > ids[:-1]))
             self._max_id = max(self._max_id, int(ids.max()))
 
@@ -327,7 +328,7 @@ class FaissFlatIndex:
         if removed:
             self._accel_stale = self.accelerator is not None
             self._mih_stale = True
-            self._kernel_db = None
+            self._kernel_db = self._id_rows = None
         return removed
 
     def ids(self) -> np.ndarray:
@@ -389,7 +390,9 @@ class FaissFlatIndex:
             words, ids = self._kernel_arrays()
         else:
             words, ids = None, self.ids()
-        rows = subset_rows(ids, allowed, self._rows_in_id_order)
+        if self._id_rows is None:  # built after a change, by the first filtered search
+            self._id_rows = (id_row_table(ids),)
+        rows = subset_rows(ids, allowed, self._rows_in_id_order, self._id_rows[0])
         if rows.size == 0:
             return empty_result(len(q), k)
         if words is None:

@@ -12,7 +12,7 @@ import pytest
 
 from index import HashStore
 from index.codes import BITS_CHOICES
-from index.filters import AttributeIndex, make_filter, subset_rows
+from index.filters import AttributeIndex, id_row_table, make_filter, subset_rows
 from index.flat import load_scan_kernel
 
 LABELS = ["a", "b", "c", None, "rare"]
@@ -164,3 +164,8 @@ def test_attribute_index_and_rows() -> None:
         want = [r for r, i in enumerate(stored) if i in set(allowed.tolist())]
         assert subset_rows(stored, allowed, True).tolist() == want
         assert subset_rows(stored[::-1].copy(), allowed, False).tolist() == [99 - r for r in reversed(want)]
+        for ids in (stored, stored[::-1].copy()):
+            table = id_row_table(ids)
+            assert table is not None and subset_rows(ids, allowed, False, table).tolist() == subset_rows(
+                ids, allowed, False).tolist()
+    assert id_row_table(np.array([3, 10 * 2**20])) is None  # too sparse: no table
