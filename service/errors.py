@@ -8,7 +8,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from model.io import InputError
 
@@ -87,11 +86,15 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _allowed_methods(request: Request) -> set[str]:
-    """Every method that some route takes at the request's path. (Starlette's 405 names only the methods of
-    the first route of that path, e.g. ``POST`` for ``/api/v1/admin/jobs``, which also takes ``GET``.)"""
-    routes = getattr(request.app, "routes", ())
-    return {method for method in _METHODS
-            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)}
+    """The methods of the route that answers 405 and of every documented operation of its path (Starlette's
+    405 names only that first route's, e.g. ``POST`` for ``/api/v1/admin/jobs``, which also takes ``GET``)."""
+    route = request.scope.get("route")
+    methods = set(getattr(route, "methods", None) or ())
+    path = getattr(route, "path", None)
+    openapi = getattr(request.app, "openapi", None)
+    if isinstance(path, str) and callable(openapi):
+        methods |= {m.upper() for m in openapi().get("paths", {}).get(path, {}) if m.upper() in _METHODS}
+    return methods
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -264,3 +264,5 @@ def test_405_lists_every_method_of_the_path(client):
         assert {"GET", "POST"} <= {m.strip() for m in r.headers["allow"].split(",")}, r.headers["allow"]
     r = client.put(f"{JOBS}/abc/cancel", headers=H)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = client.request("OPTIONS", f"{JOBS}/from-path", headers=H)  # a literal path: not GET /jobs/{job_id}'s
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
