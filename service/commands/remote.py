@@ -38,10 +38,8 @@ def _say(command: str, line: str) -> None:
 def _table(hits: list[SearchHit]) -> list[str]:
     if not hits:
         return ["  (no results)"]
-    extra = any(getattr(h, "source", None) is not None for h in hits)
-    rows = [("rank", "dist", "id", "label", *(["source"] if extra else []), "name")]
-    rows += [(str(h.rank), str(h.distance), str(h.id), h.label or "-",
-              *([str(getattr(h, "source", None) or "-")] if extra else []), h.name) for h in hits]
+    rows = [("rank", "dist", "id", "label", "source", "name")]
+    rows += [(str(h.rank), str(h.distance), str(h.id), h.label or "-", h.source, h.name) for h in hits]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     numeric = 3
     return ["  " + "  ".join(v.rjust(w) if c < numeric else v.ljust(w)

@@ -9,6 +9,7 @@ from svc_helpers import ply_bytes, png_bytes
 
 from service.routes.batch import MAX_BATCH_FILES
 
+GALLERY = 12  # shapes in the demo gallery (conftest.demo_npz)
 SINGLE = "/api/v1/search/{}"
 BATCH = "/api/v1/search/{}/batch"
 
@@ -119,3 +120,24 @@ def test_submit_many_is_all_or_none(client):
     finally:
         engine.stop()
     assert all(f.done() for f in futures)
+
+
+def test_filters_pass_through_as_on_the_single_search(client, shape_points):
+    store = client.app.state.cmah.store
+    labels = sorted({r.label for r in store.get_many(range(1, 3 * GALLERY)) if r is not None and r.label})
+    chosen = labels[:2]
+    files = [("a.ply", ply_bytes(shape_points[0])), ("b.ply", ply_bytes(shape_points[2]))]
+    for params in ({"label": chosen}, {"source": ["demo"], "max_distance": 30}, {"distinct": "name"},
+                   {"label": ["no-such-label"]}):
+        params = {"k": 5, **params}
+        r = client.post(BATCH.format("points-to-images"), files=[("file", f) for f in files], params=params)
+        assert r.status_code == 200, r.text
+        for (name, data), q in zip(files, r.json()["queries"], strict=True):
+            want = _single(client, "points-to-images", name, data, **params)
+            assert want["status"] == 200 and q["results"] == want["results"], params
+            if "label" in params:
+                assert all(h["label"] in params["label"] for h in q["results"])
+            if "max_distance" in params:
+                assert all(h["distance"] <= 30 and h["source"] == "demo" for h in q["results"])
+    r = client.post(BATCH.format("points-to-images"), files=[("file", files[0])], params={"max_distance": -1})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"

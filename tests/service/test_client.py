@@ -163,11 +163,11 @@ def test_cmah_search_table(live, files, capsys):
     assert rc == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == f"{files['red.png']}: image -> points, 16 bits, 3 result(s)"
-    assert lines[1].split() == ["rank", "dist", "id", "label", "name"]
+    assert lines[1].split() == ["rank", "dist", "id", "label", "source", "name"]
     with CMAHClient(live.url) as c:
         want = c.search(files["red.png"], k=3, bits=16).results
     for line, hit in zip(lines[2:5], want, strict=True):
-        assert line.split() == [str(hit.rank), str(hit.distance), str(hit.id), hit.label or "-", hit.name]
+        assert line.split() == [str(hit.rank), str(hit.distance), str(hit.id), hit.label or "-", hit.source, hit.name]
     assert lines[5] == "" and lines[6].startswith(f"{files['chair.ply']}: points -> images")
 
 
@@ -261,3 +261,22 @@ def test_help_names_the_remote_commands():
     sub = next(a for a in p._actions if a.dest == "command").choices["index"]
     add = next(a for a in sub._actions if a.dest == "index_command").choices["add"].format_help()
     assert "--url" in add and "--server-path" in add and "CMAH_ADMIN_TOKEN" in add
+
+
+def test_filters_from_the_client_and_cmah_search(live, files, capsys):
+    store = live.state.store
+    label = sorted({r.label for r in store.get_many(range(1, 3 * GALLERY)) if r is not None and r.label})[0]
+    with CMAHClient(live.url) as c:
+        one = c.search(files["chair.ply"], k=4, label=label, source="demo").results
+        assert one and all(h.label == label and h.source == "demo" for h in one)
+        batch = c.search_batch([files["chair.ply"], files["cloud.bin"]], k=4, label=[label], source=["demo"],
+                               max_distance=64)
+        assert batch.queries[0].results == one
+        assert c.search(files["red.png"], label=["no-such-label"]).results == []
+        near = c.search(files["red.png"], k=12, distinct="name").results
+        assert len({h.name for h in near}) == len(near)
+    rc, out, _ = _run(capsys, "search", str(files["chair.ply"]), "--url", live.url, "-k", "4", "--label", label,
+                      "--source", "demo", "--json")
+    assert rc == 0 and json.loads(out)["queries"][0]["results"] == [h.model_dump() for h in one]
+    rc, out, _ = _run(capsys, "search", str(files["chair.ply"]), "--url", live.url, "--label", "no-such-label")
+    assert rc == 0 and out.splitlines()[1] == "  (no results)"
