@@ -240,6 +240,26 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+#: Milvus consistency levels a replica's searches may use (docs/deployment.md, "Consistency")
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Eventually")
+
+
+class _SearchConsistency:
+    """A MilvusClient whose searches run at a chosen consistency level (everything else as it is)."""
+
+    def __init__(self, client: Any, level: str) -> None:
+        if level not in CONSISTENCY_LEVELS:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}, got {level!r}")
+        self._inner = client
+        self._level = level
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.search(*args, consistency_level=self._level, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class _ReadOnlyBackend(MilvusBackend):
     """:class:`~index.milvus_store.MilvusBackend`'s exact search over collections another process writes.
 
@@ -251,10 +271,10 @@ class _ReadOnlyBackend(MilvusBackend):
 
     UNBOUNDED = 2**62
 
-    def __init__(self, client: Any, tie_margin: int) -> None:  # noqa: D107 - no MilvusClient of its own
+    def __init__(self, client: Any, tie_margin: int, consistency: str = "Strong") -> None:  # noqa: D107
         self.uri = "(shared)"
         self.tie_margin = max(1, int(tie_margin))
-        self._client = client
+        self._client = _SearchConsistency(client, consistency)
         self._counts = {}
         self._generations = {}
 
@@ -282,15 +302,20 @@ class ReplicaStore:
     Args:
         uri: the Milvus server (``http://milvus:19530``).
         tie_margin: extra candidates per query to resolve distance ties (:mod:`index.exact`).
+        consistency: Milvus consistency level of the searches: ``"Strong"`` (a search waits until the server
+            has applied every write acknowledged before it: a new item is found at once, at the cost of up to
+            one Milvus time tick, ~200 ms, per search), ``"Bounded"`` (found within Milvus's
+            ``common.gracefulTime``, 5 s by default; no wait) or ``"Eventually"``. Item records are always read
+            at ``Strong``.
     """
 
     backend_name = "milvus"
 
-    def __init__(self, uri: str, *, tie_margin: int = 64, client: Any = None) -> None:
+    def __init__(self, uri: str, *, tie_margin: int = 64, client: Any = None, consistency: str = "Strong") -> None:
         self.uri = uri
         self._client = client if client is not None else _client(uri)
         self.catalog = MilvusCatalog(self._client)
-        self._backend = _ReadOnlyBackend(self._client, tie_margin)
+        self._backend = _ReadOnlyBackend(self._client, tie_margin, consistency)
         self._closed = False
         self._lock = threading.Lock()
         self.data_dir = Path(".")

@@ -122,7 +122,7 @@ def _start_replica(state: ServiceState) -> None:
     s = state.settings
     assert state.encoder is not None
     state.status = "connecting to the shared index"
-    store = ReplicaStore(str(s.milvus_uri))
+    store = ReplicaStore(str(s.milvus_uri), consistency=s.milvus_consistency)
     state.store = store  # type: ignore[assignment]
     problem = replica_problem(store, state.encoder.weights_id, str(s.milvus_uri))
     if problem:  # the lifespan closes the store

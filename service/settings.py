@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     #: and admin jobs over its own data dir), "indexer" = the one writer of a scale-out deployment (admin jobs and
     #: item writes into the shared Milvus server and S3 bucket), "search" = a stateless search replica over them
     role: Literal["all", "search", "indexer"] = "all"
+    #: Milvus consistency level of a search replica's searches: "Strong" = a new item is found as soon as the indexer
+    #: acknowledged it (each search waits up to one Milvus time tick, ~200 ms), "Bounded" = found within Milvus's
+    #: common.gracefulTime (5 s by default), no wait; see docs/deployment.md ("Consistency")
+    milvus_consistency: Literal["Strong", "Bounded", "Eventually"] = "Strong"
     #: Where a search replica sends admin clients (named in its 421 answer), e.g. http://indexer:8000
     indexer_url: str | None = None
     #: S3 bucket of the items' preview pictures and point clouds; unset: files in the data dir (roles search and

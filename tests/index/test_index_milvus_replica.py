@@ -105,3 +105,29 @@ def test_replica_reads_what_the_writer_published(milvus_uri: str, tmp_path: Path
     finally:
         replica.close()
         writer.close()
+
+
+def test_replica_searches_at_the_chosen_consistency_level() -> None:
+    """``consistency`` reaches every search call (and only searches); an unknown level is refused."""
+    from index.milvus_replica import _ReadOnlyBackend
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, dict]] = []
+
+        def search(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.calls.append(("search", kwargs))
+            return [[]]
+
+        def query(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self.calls.append(("query", kwargs))
+            return []
+
+    client = Client()
+    backend = _ReadOnlyBackend(client, 8, "Bounded")
+    backend._search("image", 16, np.zeros((1, 2), np.uint8), 5)
+    backend._client.query("cmah_items", filter="")
+    assert client.calls[0][1]["consistency_level"] == "Bounded"
+    assert "consistency_level" not in client.calls[1][1]
+    with pytest.raises(ValueError, match="consistency"):
+        _ReadOnlyBackend(client, 8, "Session")
