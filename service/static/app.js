@@ -113,19 +113,22 @@ async function getViewer(container, label) {
   }
 }
 
-/** Show `xyz` (or an error message) in `container`; never throws. Sets data-state for tests. */
-async function showPoints(container, label, loadXyz) {
+/** Show `xyz` (or an error message) in `container`; never throws. Sets data-state for tests. Nothing is shown
+ * once `isCurrent()` is false (another cloud was asked for meanwhile). */
+async function showPoints(container, label, loadXyz, isCurrent = () => true) {
   container.dataset.state = 'loading';
   viewerMessage(container, 'Loading 3D view…');
   try {
     const viewer = await getViewer(container, label);
     viewer.clear();
     const xyz = await loadXyz((await loadViewerModule()).parsePoints);
+    if (!isCurrent()) return;
     const n = viewer.setPoints(xyz);
     viewerMessage(container, '');
     container.dataset.state = 'shown';
     container.dataset.points = String(n);
   } catch (err) {
+    if (!isCurrent()) return;
     viewers.get(container)?.clear();
     viewerMessage(container, err.detail || err.message || String(err));
     container.dataset.state = 'error';
@@ -142,8 +145,9 @@ const spinner = $('spinner');
 const searchError = $('search-error');
 const searchButton = $('search-button');
 
-let query = null; // { file, kind }
+let query = null; // { file, kind } (an upload) or { item, kind } (more like a stored item)
 let inflight = null;
+let queryShown = 0; // bumped when the query changes: a late point cloud of the one before is dropped
 let queryImageUrl = null;
 
 function target() {
@@ -154,6 +158,8 @@ async function setQueryFile(file) {
   if (!file) return;
   const kind = await fileKind(file);
   query = { file, kind };
+  const shown = ++queryShown;
+  delete $('query-preview').dataset.item;
   // Cross-modal by default: pictures find point clouds, 3D files find pictures.
   form.elements.target.value = kind === 'image' ? 'points' : 'images';
   const img = $('query-image');
@@ -173,11 +179,126 @@ async function setQueryFile(file) {
     img.removeAttribute('src');
     viewerBox.hidden = false;
     showPoints(viewerBox, `Query point cloud ${file.name}`,
-      async (parse) => parse(await file.arrayBuffer(), file.name));
+      async (parse) => parse(await file.arrayBuffer(), file.name), () => shown === queryShown);
   }
   searchButton.disabled = false;
   runSearch();
 }
+
+/** More like this: search from the stored item of a result card (`GET /items/{id}/similar`), with the target,
+ * k, code length and filters of the form; the query panel shows the item instead of the file. */
+function setQueryItem(hit) {
+  const kind = hit.modality === 'image' ? 'image' : 'points';
+  query = { item: hit, kind };
+  const shown = ++queryShown;
+  fileInput.value = ''; // choosing the same file again is a change again
+  const img = $('query-image');
+  const viewerBox = $('query-viewer');
+  $('query-preview').hidden = false;
+  $('query-caption').textContent = `More like: ${hit.name} (#${hit.id})${hit.label ? ` · ${hit.label}` : ''}`
+    + ` · ${kind === 'image' ? 'picture' : '3D point cloud'} in the index${hit.source ? ` (${hit.source})` : ''}`;
+  $('query-preview').dataset.item = String(hit.id);
+  if (queryImageUrl) URL.revokeObjectURL(queryImageUrl);
+  queryImageUrl = null;
+  if (kind === 'image') {
+    viewerBox.hidden = true;
+    img.hidden = !hit.preview_url;
+    if (hit.preview_url) {
+      img.src = hit.preview_url;
+      img.alt = `Query picture ${hit.name} (item ${hit.id})`;
+    } else {
+      img.removeAttribute('src');
+    }
+  } else {
+    img.hidden = true;
+    img.removeAttribute('src');
+    viewerBox.hidden = false;
+    showPoints(viewerBox, `Query point cloud ${hit.name}`, async (parse) => {
+      const resp = await request(`${API}/items/${hit.id}/points.ply`);
+      return parse(await resp.arrayBuffer(), 'points.ply');
+    }, () => shown === queryShown);
+  }
+  searchButton.disabled = false;
+  runSearch();
+  $('results-heading').focus(); // the card (and its button) is replaced by the new results
+}
+
+// --- Filters (label, max_distance, distinct: query parameters of every search) ----------------------
+const labelOptions = $('label-options');
+const labelStatus = $('label-status');
+
+function checkedLabels() {
+  return [...labelOptions.querySelectorAll('input:checked')].map((box) => box.value);
+}
+
+/** The filter query parameters of the form, added to `params`. */
+function filterParams(params) {
+  for (const label of checkedLabels()) params.append('label', label);
+  const maxDistance = form.elements.max_distance.value.trim();
+  if (maxDistance !== '') params.set('max_distance', maxDistance);
+  if (form.elements.distinct.checked) params.set('distinct', 'name');
+  return params;
+}
+
+/** "label chair or sofa · distance ≤ 12 · distinct names" (empty without filters). */
+function filterSummary() {
+  const parts = [];
+  const labels = checkedLabels();
+  if (labels.length) parts.push(`label ${labels.join(' or ')}`);
+  const maxDistance = form.elements.max_distance.value.trim();
+  if (maxDistance !== '') parts.push(`distance ≤ ${maxDistance}`);
+  if (form.elements.distinct.checked) parts.push('distinct names');
+  return parts.join(' · ');
+}
+
+function labelHelp(total) {
+  const n = checkedLabels().length;
+  labelStatus.textContent = total === 0 ? 'No labelled items in the index.'
+    : n ? `${n} of ${total} checked: items with one of them (unlabelled items never match).`
+      : `${total} label${total === 1 ? '' : 's'}; none checked: every item.`;
+  $('label-clear').hidden = n === 0;
+}
+
+/** Fill the label picker from `GET /api/v1/stats` (counts per label); checked labels stay checked. */
+async function loadLabels() {
+  let stats;
+  try {
+    stats = await (await request(`${API}/stats`)).json();
+  } catch (err) {
+    labelStatus.textContent = `The labels could not be read: ${err.detail || err.message || err}`;
+    return;
+  }
+  const counts = new Map(Object.entries(stats.labels || {}));
+  for (const label of checkedLabels()) if (!counts.has(label)) counts.set(label, 0);
+  const checked = new Set(checkedLabels());
+  const focused = document.activeElement?.closest?.('#label-options') ? document.activeElement.value : null;
+  const names = [...counts.keys()].sort((a, b) => a.localeCompare(b));
+  labelOptions.replaceChildren(...names.map((name) => {
+    const box = el('input', { type: 'checkbox', value: name });
+    box.checked = checked.has(name);
+    return el('label', { class: 'check', title: `${counts.get(name)} items` }, box, ` ${name} `,
+      el('span', { class: 'count' }, `(${counts.get(name)})`));
+  }));
+  labelOptions.dataset.loaded = 'true';
+  labelOptions.dataset.count = String(names.length);
+  if (focused !== null) {
+    [...labelOptions.querySelectorAll('input')].find((box) => box.value === focused)?.focus();
+  }
+  labelHelp(names.length);
+}
+
+labelOptions.addEventListener('change', () => {
+  labelHelp(labelOptions.querySelectorAll('input').length);
+  runSearch();
+});
+$('label-clear').addEventListener('click', () => {
+  for (const box of labelOptions.querySelectorAll('input:checked')) box.checked = false;
+  labelHelp(labelOptions.querySelectorAll('input').length);
+  labelOptions.querySelector('input')?.focus();
+  runSearch();
+});
+form.elements.max_distance.addEventListener('change', () => runSearch());
+form.elements.distinct.addEventListener('change', () => runSearch());
 
 function setBusy(busy) {
   spinner.hidden = !busy;
@@ -196,30 +317,46 @@ async function runSearch() {
   inflight?.abort();
   const controller = new AbortController();
   inflight = controller;
-  const { file, kind } = query;
+  const { file, item, kind } = query;
   const tgt = target();
-  const k = Number(form.elements.k.value);
-  const bits = Number(form.elements.bits.value);
-  const endpoint = `${kind === 'image' ? 'image' : 'points'}-to-${tgt}`;
-  const body = new FormData();
-  body.append('file', file, file.name);
+  const params = filterParams(new URLSearchParams({ k: form.elements.k.value, bits: form.elements.bits.value }));
+  const filters = filterSummary();
+  let endpoint;
+  let url;
+  const options = { signal: controller.signal };
+  if (item) {
+    endpoint = 'similar';
+    params.set('target', tgt);
+    url = `${API}/items/${item.id}/similar?${params}`;
+  } else {
+    endpoint = `${kind === 'image' ? 'image' : 'points'}-to-${tgt}`;
+    url = `${API}/search/${endpoint}?${params}`;
+    options.method = 'POST';
+    options.body = new FormData();
+    options.body.append('file', file, file.name);
+  }
+  const from = item ? `more like ${item.name} (#${item.id})` : QUERY_NAMES[kind];
   setBusy(true);
   showError(searchError, null);
   statusText.textContent = `Searching ${TARGET_NAMES[tgt]}…`;
   try {
-    const resp = await request(`${API}/search/${endpoint}?k=${k}&bits=${bits}`,
-      { method: 'POST', body, signal: controller.signal });
+    const resp = await request(url, options);
     const data = await resp.json();
     if (controller !== inflight) return;
     renderResults(data.results, tgt);
     const n = data.results.length;
     statusText.textContent = `${n} result${n === 1 ? '' : 's'} in ${data.took_ms} ms · ${data.bits}-bit codes · `
-      + `${QUERY_NAMES[kind]} → ${TARGET_NAMES[tgt]}`;
+      + `${from} → ${TARGET_NAMES[tgt]}${filters ? ` · ${filters}` : ''}`
+      + `${n === 0 && filters ? ' (no item matches the filters)' : ''}`;
     resultsList.dataset.endpoint = endpoint;
+    resultsList.dataset.params = params.toString();
+    if (item) resultsList.dataset.item = String(item.id);
+    else delete resultsList.dataset.item;
   } catch (err) {
     if (err.name === 'AbortError' || controller !== inflight) return;
     resultsList.replaceChildren();
     delete resultsList.dataset.endpoint;
+    delete resultsList.dataset.params;
     statusText.textContent = 'Search failed.';
     showError(searchError, err);
   } finally {
@@ -256,8 +393,10 @@ function renderResults(results, tgt) {
       el('div', { class: 'name' }, hit.name),
       el('div', { class: 'line' },
         hit.label ? el('span', { class: 'label' }, hit.label) : el('span', { class: 'label-none' }, 'no label'),
-        modality === 'points' ? el('span', { class: 'open-3d', 'aria-hidden': 'true' }, '3D ▸') : null));
-    const description = `Rank ${hit.rank}: ${hit.name}${hit.label ? `, ${hit.label}` : ''}, distance ${hit.distance}`;
+        modality === 'points' ? el('span', { class: 'open-3d', 'aria-hidden': 'true' }, '3D ▸') : null),
+      hit.source ? el('div', { class: 'source', title: `source: ${hit.source}` }, hit.source) : null);
+    const description = `Rank ${hit.rank}: ${hit.name}${hit.label ? `, ${hit.label}` : ''}, distance ${hit.distance}`
+      + `${hit.source ? `, from ${hit.source}` : ''}`;
     let inner;
     if (modality === 'points') {
       inner = el('button', { type: 'button', 'aria-label': `${description}. Open in the 3D viewer` }, picture, meta);
@@ -268,7 +407,13 @@ function renderResults(results, tgt) {
     } else {
       inner = el('div', { 'aria-label': description }, picture, meta);
     }
-    return el('li', { class: 'result', dataset: { id: String(hit.id), modality, rank: String(hit.rank) } }, inner);
+    const more = el('button', { type: 'button', class: 'more-like',
+                                'aria-label': `More like this: search from ${hit.name} (item ${hit.id})` }, 'More like this');
+    more.addEventListener('click', () => setQueryItem({ ...hit, modality: hit.modality || modality }));
+    return el('li', { class: 'result', dataset: { id: String(hit.id), modality, rank: String(hit.rank),
+                                                  distance: String(hit.distance), name: hit.name,
+                                                  label: hit.label ?? '', source: hit.source ?? '' } },
+      inner, more);
   });
   resultsList.replaceChildren(...items);
   resultsList.dataset.modality = modality;
@@ -342,7 +487,10 @@ function selectTab(tab, focus = true) {
   if (focus) tab.focus();
   history.replaceState(null, '', tab.id === 'tab-admin' ? '#admin' : '#');
   if (tab.id === 'tab-admin') refreshJobs();
-  else stopJobs();
+  else {
+    stopJobs();
+    if (document.body.dataset.ready === 'true') loadLabels(); // jobs may have added labels
+  }
 }
 
 for (const tab of tabs) {
@@ -639,6 +787,7 @@ async function checkReady() {
     if (body.ready) {
       banner.hidden = true;
       document.body.dataset.ready = 'true';
+      loadLabels();
       return;
     }
     banner.textContent = `The service is starting: ${body.detail}. Searches will work once it is ready.`;

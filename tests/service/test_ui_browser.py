@@ -472,3 +472,175 @@ def test_cancel_a_running_job_from_the_list(page: Any, server: str, big_npz: Pat
     assert kept["total"] == 2 * job["done"]  # each shape: a points item and an image item
     r = httpx.post(f"{server}/api/v1/admin/jobs/{job_id}/cancel", headers=headers, timeout=10)
     assert (r.status_code, r.json()["error"]) == (409, "job_ended")
+
+
+# --- Filters, More like this, distinct names (issue 40, item 8) ---------------------------------------------------
+
+def _shown(page: Any) -> list[dict[str, Any]]:
+    """The result cards as the page shows them (rank order)."""
+    return page.locator("#results > li.result").evaluate_all(
+        "els => els.map(e => ({id: Number(e.dataset.id), distance: Number(e.dataset.distance), name: e.dataset.name, "
+        "label: e.dataset.label, source: e.dataset.source, "
+        "sourceText: e.querySelector('.source') ? e.querySelector('.source').textContent : null}))")
+
+
+def _pairs(hits: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(int(h["id"]), int(h["distance"])) for h in hits]
+
+
+def _api_search(server: str, endpoint: str, name: str, data: bytes, params: list[tuple[str, Any]]) -> list[dict]:
+    r = httpx.post(f"{server}/api/v1/search/{endpoint}", params=params, files={"file": (name, data)}, timeout=60)
+    assert r.status_code == 200, r.text
+    return list(r.json()["results"])
+
+
+def _api_similar(server: str, item_id: int, params: list[tuple[str, Any]]) -> list[dict]:
+    r = httpx.get(f"{server}/api/v1/items/{item_id}/similar", params=params, timeout=60)
+    assert r.status_code == 200, r.text
+    return list(r.json()["results"])
+
+
+def _wait_params(page: Any, *parts: str) -> None:
+    """Wait until the results shown are those of a search whose query string holds every one of ``parts``."""
+    page.wait_for_function("(parts) => { const p = document.getElementById('results').dataset.params; "
+                           "return p !== undefined && parts.every((x) => p.split('&').includes(x)); }", arg=list(parts))
+
+
+def _wait_no_param(page: Any, key: str) -> None:
+    page.wait_for_function("(key) => { const p = document.getElementById('results').dataset.params; "
+                           "return p !== undefined && !new URLSearchParams(p).has(key); }", arg=key)
+
+
+def test_label_filter_and_max_distance_match_the_api(page: Any, server: str) -> None:
+    """The label picker is filled from /stats; checked labels (any of them) and the max distance apply to the
+    current search at once, and the page lists exactly what the API answers for the same query."""
+    from playwright.sync_api import expect
+
+    stats = httpx.get(f"{server}/api/v1/stats", timeout=10).json()
+    options = page.locator("#label-options input[type=checkbox]")
+    expect(page.locator("#label-options")).to_have_attribute("data-loaded", "true")
+    assert sorted(options.evaluate_all("els => els.map(e => e.value)")) == sorted(stats["labels"])
+    wanted = sorted(stats["labels"], key=lambda name: (-stats["labels"][name], name))[:2]
+
+    png = png_bytes(64, (200, 120, 30))
+    _upload(page, "query.png", png, "image/png")
+    _wait_params(page, "k=10", "bits=64")
+    unfiltered = _shown(page)
+    assert len(unfiltered) == 10
+    assert {h["label"] for h in unfiltered} - set(wanted), "the unfiltered answer must hold other labels"
+    assert all(h["sourceText"] == h["source"] and h["source"] for h in unfiltered)  # each card says its source
+    expect(page.locator("#results > li.result .source").first).to_be_visible()
+
+    for label in wanted:
+        page.locator(f"#label-options input[value='{label}']").check()
+    _wait_params(page, *(f"label={label}" for label in wanted))
+    shown = _shown(page)
+    expected = _api_search(server, "image-to-points", "query.png", png,
+                           [("k", 10), ("bits", 64), *(("label", label) for label in wanted)])
+    assert shown and {h["label"] for h in shown} <= set(wanted)
+    assert _pairs(shown) == _pairs(expected)
+    expect(page.locator("#search-status-text")).to_contain_text(f"label {' or '.join(sorted(wanted))}")
+    expect(page.locator("#label-status")).to_contain_text("2 of")
+    _shot(page, "filter-labels")
+
+    cut = shown[len(shown) // 2]["distance"]
+    page.fill("#max-distance", str(cut))
+    page.press("#max-distance", "Enter")
+    _wait_params(page, f"max_distance={cut}", *(f"label={label}" for label in wanted))
+    shown = _shown(page)
+    expected = _api_search(server, "image-to-points", "query.png", png,
+                           [("k", 10), ("bits", 64), ("max_distance", cut), *(("label", label) for label in wanted)])
+    assert shown and all(h["distance"] <= cut for h in shown) and {h["label"] for h in shown} <= set(wanted)
+    assert _pairs(shown) == _pairs(expected)
+
+    page.click("#label-clear")  # back to every label, keyboard focus stays in the picker
+    _wait_no_param(page, "label")
+    assert options.evaluate_all("els => els.filter(e => e.checked).length") == 0
+    expect(options.first).to_be_focused()
+    expected = _api_search(server, "image-to-points", "query.png", png,
+                           [("k", 10), ("bits", 64), ("max_distance", cut)])
+    assert _pairs(_shown(page)) == _pairs(expected)
+
+
+def test_more_like_this_searches_from_the_stored_item(page: Any, server: str, shape_points: np.ndarray) -> None:
+    """More like this on a card: GET /items/{id}/similar with the form's target, k, bits and filters; the item
+    itself comes first at distance 0 in its own modality, and the page shows exactly the API's answer."""
+    from playwright.sync_api import expect
+
+    page.fill("#k", "8")
+    ply = ply_bytes(shape_points[1])
+    _upload(page, "shape.ply", ply, "application/octet-stream")
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "points-to-images")
+    page.locator("input[name=target][value=points]").check()  # same modality: point clouds
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "points-to-points")
+    cards = _shown(page)
+    assert len(cards) == 8
+    # an item whose code no item with a smaller id shares (tiny random weights give equal codes to some shapes; ties
+    # at distance 0 are ordered by id), so that it must come first in its own modality
+    own = {"target": "points", "k": 1, "bits": 64}
+    pick = next(h for h in cards if _api_similar(server, h["id"], list(own.items()))[0]["id"] == h["id"])
+
+    more = page.locator(f"#results > li.result[data-id='{pick['id']}'] button.more-like")
+    expect(more).to_have_accessible_name(f"More like this: search from {pick['name']} (item {pick['id']})")
+    more.focus()
+    page.keyboard.press("Enter")  # keyboard operable
+    expect(page.locator("#results")).to_have_attribute("data-item", str(pick["id"]))
+    expect(page.locator("#results")).to_have_attribute("data-endpoint", "similar")
+    _wait_params(page, "k=8", "bits=64", "target=points")
+    expect(page.locator("#results-heading")).to_be_focused()
+    expect(page.locator("#query-caption")).to_contain_text(f"More like: {pick['name']} (#{pick['id']})")
+    expect(page.locator("#query-viewer")).to_have_attribute("data-state", "shown")  # its cloud, from points.ply
+    expect(page.locator("#search-status-text")).to_contain_text(f"more like {pick['name']} (#{pick['id']})")
+    shown = _shown(page)
+    assert (shown[0]["id"], shown[0]["distance"]) == (pick["id"], 0)
+    assert _pairs(shown) == _pairs(_api_similar(server, pick["id"], [("target", "points"), ("k", 8), ("bits", 64)]))
+    _shot(page, "more-like-this")
+
+    page.locator("input[name=target][value=images]").check()  # the same item, cross-modal, other bits, a filter
+    page.select_option("#bits", "16")
+    page.check("#distinct")
+    _wait_params(page, "target=images", "bits=16", "distinct=name")
+    expect(page.locator("#results")).to_have_attribute("data-modality", "image")
+    expected = _api_similar(server, pick["id"], [("target", "images"), ("k", 8), ("bits", 16), ("distinct", "name")])
+    assert _pairs(_shown(page)) == _pairs(expected)
+
+    gone = {"error": "not_found", "detail": f"no item with id {pick['id']}"}  # as if deleted meanwhile
+    page.route(f"**/api/v1/items/{pick['id']}/similar**", lambda route: route.fulfill(status=404, json=gone))
+    page.uncheck("#distinct")  # re-runs the search: the API's error is shown
+    expect(page.locator("#search-error")).to_contain_text(f"no item with id {pick['id']}")
+    expect(page.locator("#search-error")).to_contain_text("not_found (HTTP 404)")
+
+
+def test_distinct_names_toggle(page: Any, server: str, demo_npz: Path) -> None:
+    """With the gallery indexed twice (demo and a job), names repeat; 'Distinct names' keeps one hit per name,
+    as the API's distinct=name does."""
+    from playwright.sync_api import expect
+
+    job_id = _post_job(server, "copy.npz", demo_npz.read_bytes())
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    deadline = time.monotonic() + 180
+    while httpx.get(f"{server}/api/v1/admin/jobs/{job_id}", headers=headers, timeout=10).json()["state"] != "succeeded":
+        assert time.monotonic() < deadline, "the copy of the gallery was not indexed in time"
+        time.sleep(0.5)
+
+    page.fill("#k", "20")
+    png = png_bytes(64, (40, 160, 90))
+    _upload(page, "query.png", png, "image/png")
+    _wait_params(page, "k=20")
+    names = [h["name"] for h in _shown(page)]
+    assert len(names) == 20 and len(set(names)) < len(names), "the copies must answer too"
+    sources = {h["source"] for h in _shown(page)}
+    assert "demo" in sources and any(s.startswith("job:") for s in sources), sources
+
+    page.check("#distinct")
+    _wait_params(page, "k=20", "distinct=name")
+    shown = _shown(page)
+    assert len({h["name"] for h in shown}) == len(shown)
+    expected = _api_search(server, "image-to-points", "query.png", png, [("k", 20), ("bits", 64), ("distinct", "name")])
+    assert _pairs(shown) == _pairs(expected)
+    expect(page.locator("#search-status-text")).to_contain_text("distinct names")
+    _shot(page, "distinct-names")
+
+    page.uncheck("#distinct")
+    _wait_no_param(page, "distinct")
+    assert len(_shown(page)) == 20
