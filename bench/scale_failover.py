@@ -90,8 +90,9 @@ def nginx_conf(root: Path, port: int, indexer: Server, replicas: list[Server]) -
     text = (ROOT / "docker" / "nginx-scale.conf").read_text()
     text = text.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     text = text.replace("http://indexer:8000", indexer.url)
-    servers = "".join(f"    server 127.0.0.1:{r.port} max_fails=1 fail_timeout=5s;\n" for r in replicas)
-    text = re.sub(r"(upstream cmah_search \{\n)(?:    server [^\n]*\n)+", lambda m: m.group(1) + servers, text)
+    for i, r in enumerate(replicas, 1):
+        text = text.replace(f"server search-{i}:8000", f"server 127.0.0.1:{r.port}")
+    text = re.sub(r"\n\s*server search-\d+:8000[^\n]*", "", text)  # the compose file's third replica
     conf = root / "nginx.conf"
     conf.write_text(f"pid {root}/nginx.pid;\nerror_log {root}/nginx-error.log;\nevents {{}}\nhttp {{\n"
                     f"access_log off;\nclient_body_temp_path {root}/nginx-body;\nproxy_temp_path {root}/nginx-proxy;\n"
@@ -140,6 +141,8 @@ def main() -> None:
                                                                                          replicas))])
             lb = f"http://127.0.0.1:{lb_port}"
             while status(f"{lb}/lb-health") != 200:
+                if nginx.poll() is not None:
+                    raise SystemExit(f"nginx did not start (exit {nginx.returncode})")
                 time.sleep(0.1)
             buf = io.BytesIO()
             Image.fromarray(np.full((64, 64, 3), 180, np.uint8)).save(buf, format="PNG")
