@@ -203,3 +203,16 @@ def test_indexer_and_two_search_replicas_over_a_real_milvus(  # noqa: PLR0915
     finally:
         for server in (indexer, *replicas):
             server.stop()
+
+
+@pytest.mark.parametrize("role", ["indexer", "search"])
+def test_a_scale_out_role_without_its_shared_state_is_refused_in_one_line(tmp_path: Path, role: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMAH_")}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), CMAH_MILVUS_URI=str(tmp_path / "lite.db"))
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--role", role, "--port", "1"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"--role {role}" in line and "CMAH_BACKEND=milvus" in line and "not a milvus-lite file" in line
+    assert "CMAH_S3_BUCKET" in line
+    assert not (tmp_path / ".cmah-data").exists()  # refused before anything was created
