@@ -37,6 +37,8 @@ _FIELDS = ("id", "modality", "name", "label", "source", "created", "preview", "i
 _SELECT = ", ".join(_FIELDS + tuple(_CODE_COLS.values()))
 #: The range of an SQLite INTEGER: ids outside it cannot be stored (lookups of them find nothing).
 _MIN_ID, _MAX_ID = -(2**63), 2**63 - 1
+#: Most ids in one ``IN (...)`` lookup (below SQLite's oldest limit of 999 bound parameters).
+_IN_CHUNK = 500
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
@@ -330,8 +332,17 @@ class MetadataDB:
         return self._get(self._conn, item_id)
 
     def get_many(self, ids: Sequence[int]) -> list[ItemRecord | None]:
-        """Records for ``ids`` (``None`` where absent), in the order given."""
-        return [self._get(self._conn, int(i)) for i in ids]
+        """Records for ``ids`` (``None`` where absent), in the order given; one query per
+        :data:`_IN_CHUNK` distinct ids (a search's hits: one)."""
+        wanted = [int(i) for i in ids]
+        distinct = sorted({i for i in wanted if _MIN_ID <= i <= _MAX_ID})
+        found: dict[int, tuple] = {}
+        for s in range(0, len(distinct), _IN_CHUNK):
+            part = distinct[s : s + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            found.update((row[0], row) for row in self._conn.execute(
+                f"SELECT {_SELECT} FROM items WHERE id IN ({marks})", part))
+        return [self._record(found[i]) if i in found else None for i in wanted]
 
     def count(self, modality: str | None = None) -> int:
         """Number of items, optionally of one modality."""

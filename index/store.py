@@ -396,7 +396,7 @@ class HashStore:
         wanted = [int(i) for i in ids]
         with self._db_lock:
             meta = self._require_open()
-            return [meta.get(i) if i >= 0 else None for i in wanted]
+            return [rec if i >= 0 else None for i, rec in zip(wanted, meta.get_many(wanted), strict=True)]
 
     def count(self, modality: str | None = None) -> int:
         """Number of items in SQLite, optionally of one modality."""

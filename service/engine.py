@@ -6,6 +6,13 @@ items, waiting at most ``max_wait_ms`` after the oldest request arrived, runs th
 hands every caller its own codes. If a batch fails, its items are retried one by one so that one bad
 item fails only its own caller. The queue is bounded: beyond ``max_pending`` waiting requests
 :class:`QueueFull` is raised (answered as 503 with ``Retry-After``).
+
+Callers that announce themselves while they prepare their input (:meth:`InferenceEngine.arriving`, the
+search routes) let the batcher skip waiting when it would be for nothing: a batch of announced requests
+waits only while other announced requests of its kind are still on their way (at most ``max_wait_ms``),
+and a request that finds the engine idle (nothing queued or running, nobody else announced) is encoded at
+once in its caller's thread (:meth:`InferenceEngine.encode_if_idle`). Requests that do not announce
+themselves wait ``max_wait_ms`` for company as before.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +52,8 @@ class _Request:
     tensor: torch.Tensor
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
+    #: submitted from inside :meth:`InferenceEngine.arriving`: the batcher knows when no more are coming
+    announced: bool = False
 
 
 class InferenceEngine:
@@ -70,6 +80,10 @@ class InferenceEngine:
         self._queue: deque[_Request] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: requests announced by :meth:`arriving` and not submitted yet, per kind
+        self._coming = dict.fromkeys(KINDS, 0)
+        #: a model call of :meth:`encode_if_idle` is running in a caller's thread
+        self._inline = False
         self.batches = 0
         self.items = 0
         self.largest_batch = 0
@@ -118,11 +132,54 @@ class InferenceEngine:
         return len(self._queue)
 
     # ------------------------------------------------------------------ requests
-    def submit(self, kind: str, tensor: torch.Tensor) -> concurrent.futures.Future:
-        """Queue one preprocessed item (image [3, S, S] or points [n, 3]); the future gets ``{bits: code}``."""
+    @contextmanager
+    def arriving(self, kind: str) -> Iterator[None]:
+        """Announce one request of ``kind`` while its input is being prepared: batches of announced requests
+        wait for it, and only while some are announced. Inside the block the caller may try
+        :meth:`encode_if_idle`; otherwise it calls :meth:`submit` / :meth:`encode` with ``announced=True``
+        right after the block (with no ``await`` in between)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        req = _Request(kind, tensor)
+        with self._cv:
+            self._coming[kind] += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._coming[kind] -= 1
+                self._cv.notify_all()  # a batch may have been waiting for this request
+
+    def encode_if_idle(self, kind: str, tensor: torch.Tensor) -> Codes | None:
+        """Encode one announced item (see :meth:`arriving`) in this thread when the engine is idle (nothing
+        queued, no model call running, no other request announced): no queue, no wait, no hand-off to the
+        worker. ``None`` when it is not idle: :meth:`submit` the item instead. Blocking; raises like a
+        failed one-item batch does."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        with self._cv:
+            if (not self.running or self._queue or self._inline or sum(self._coming.values()) > 1
+                    or self.model_lock.locked()):
+                return None
+            self._inline = True
+        try:
+            try:
+                codes = self._encode(kind, [tensor])
+            except Exception:
+                logger.warning("encoding one %s item failed", kind, exc_info=True)
+                raise RuntimeError(f"the model could not encode this {kind} input") from None
+            self._count(kind, 1)
+            return {b: c[0] for b, c in codes.items()}
+        finally:
+            with self._cv:
+                self._inline = False
+                self._cv.notify_all()
+
+    def submit(self, kind: str, tensor: torch.Tensor, *, announced: bool = False) -> concurrent.futures.Future:
+        """Queue one preprocessed item (image [3, S, S] or points [n, 3]); the future gets ``{bits: code}``.
+        ``announced``: the caller is inside :meth:`arriving` (its batch need not wait for others in vain)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        req = _Request(kind, tensor, announced=announced)
         with self._cv:
             if not self.running:
                 raise EngineStopped("the inference engine is not running")
@@ -147,9 +204,9 @@ class InferenceEngine:
             self._cv.notify_all()
         return [r.future for r in reqs]
 
-    async def encode(self, kind: str, tensor: torch.Tensor) -> Codes:
+    async def encode(self, kind: str, tensor: torch.Tensor, *, announced: bool = False) -> Codes:
         """Awaitable :meth:`submit`."""
-        return await asyncio.wrap_future(self.submit(kind, tensor))
+        return await asyncio.wrap_future(self.submit(kind, tensor, announced=announced))
 
     async def encode_many(self, kind: str, tensors: list[torch.Tensor]) -> list[Codes | BaseException]:
         """Awaitable :meth:`submit_many`: each item's codes, or the exception its model call ended with."""
@@ -160,6 +217,11 @@ class InferenceEngine:
     def _same_kind(self, kind: str) -> int:
         return sum(1 for r in self._queue if r.kind == kind)
 
+    def _more_coming(self, kind: str) -> bool:
+        """Worth waiting for company: a queued request of ``kind`` did not announce itself (it waits the
+        whole ``max_wait``, as always), or announced ones of that kind are still being prepared."""
+        return self._coming[kind] > 0 or any(r.kind == kind and not r.announced for r in self._queue)
+
     def _take_batch(self) -> list[_Request] | None:
         with self._cv:
             while not self._queue:
@@ -168,7 +230,8 @@ class InferenceEngine:
                 self._cv.wait()
             first = self._queue[0]
             deadline = first.enqueued + self.max_wait
-            while not self._stopping and self._same_kind(first.kind) < self.max_batch:
+            while (not self._stopping and self._same_kind(first.kind) < self.max_batch
+                   and self._more_coming(first.kind)):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -190,6 +253,16 @@ class InferenceEngine:
                 return self.encoder.encode_image_tensors(x)
             return self.encoder.encode_point_tensors(x)
 
+    def _count(self, kind: str, n: int) -> None:
+        self.batches += 1
+        self.items += n
+        self.largest_batch = max(self.largest_batch, n)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(kind, n)
+            except Exception:
+                logger.debug("on_batch callback failed", exc_info=True)
+
     def _run_batch(self, batch: list[_Request]) -> None:
         kind = batch[0].kind
         try:
@@ -203,14 +276,7 @@ class InferenceEngine:
             for req in batch:
                 self._run_batch([req])
             return
-        self.batches += 1
-        self.items += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
-        if self.on_batch is not None:
-            try:
-                self.on_batch(kind, len(batch))
-            except Exception:
-                logger.debug("on_batch callback failed", exc_info=True)
+        self._count(kind, len(batch))
         for i, req in enumerate(batch):
             req.future.set_result({b: c[i] for b, c in codes.items()})
 

@@ -14,7 +14,7 @@ from model.io import InputError, load_points, read_image, sniff_kind
 
 from ..engine import QueueFull
 from ..errors import APIError
-from ..schemas import ErrorBody, SearchResponse
+from ..schemas import ErrorBody, SearchHit, SearchResponse
 from ..searching import FiltersDep, SearchFilters, find_hits
 from ..state import Running, RunningDep
 from ..uploads import OneFile, content_phrase, read_upload
@@ -59,18 +59,35 @@ def _preprocess(run: Running, kind: str, data: bytes, filename: str | None) -> t
     return run.encoder.points_tensor(load_points(data, name=filename, max_bytes=s.max_upload_bytes))[0]
 
 
+def _prepare_and_answer(run: Running, query: str, data: bytes, filename: str | None, target: str, bits: int,
+                        k: int, filters: SearchFilters | None) -> tuple[torch.Tensor, list[SearchHit] | None]:
+    """One worker-thread hop: the query's tensor, and when the model is idle also its codes (encoded in this
+    thread, :meth:`~service.engine.InferenceEngine.encode_if_idle`) and its hits; ``None`` hits: the
+    engine is busy, queue the tensor (the batcher may put it with others)."""
+    tensor = _preprocess(run, query, data, filename)
+    codes = run.engine.encode_if_idle(query, tensor)
+    if codes is None:
+        return tensor, None
+    (hits,) = find_hits(run, target, codes[bits][None], bits, k, filters)
+    return tensor, hits
+
+
 async def search(run: Running, file: UploadFile, query: str, target: str, k: int, bits: int,
                  filters: SearchFilters | None = None) -> SearchResponse:
     t0 = time.perf_counter()
     if bits not in run.encoder.bits:
         raise APIError(422, "invalid_request", f"bits must be one of {list(run.encoder.bits)} for these weights")
     data = await read_upload(file, run.settings.max_upload_bytes)
-    tensor = await run_in_threadpool(_preprocess, run, query, data, file.filename)
-    try:
-        codes = await run.engine.encode(query, tensor)
-    except QueueFull as exc:
-        raise APIError(503, "overloaded", f"the service is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
-    (hits,) = await run_in_threadpool(find_hits, run, target, codes[bits][None], bits, k, filters)
+    with run.engine.arriving(query):  # batches being formed wait for this request while it is prepared
+        tensor, hits = await run_in_threadpool(_prepare_and_answer, run, query, data, file.filename, target, bits,
+                                               k, filters)
+    if hits is None:
+        try:
+            codes = await run.engine.encode(query, tensor, announced=True)
+        except QueueFull as exc:
+            raise APIError(503, "overloaded", f"the service is busy ({exc}); retry shortly",
+                           {"Retry-After": "1"}) from None
+        (hits,) = await run_in_threadpool(find_hits, run, target, codes[bits][None], bits, k, filters)
     return SearchResponse(bits=bits, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 3), results=hits)
 
 

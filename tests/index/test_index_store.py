@@ -271,3 +271,13 @@ def test_backend_follows_sqlite_changes_made_behind_its_back(open_store, ref, rn
         d, i = again.search("image", code, 64, 1)
         assert (d[0, 0], i[0, 0]) == (0, 31)
         check_search(again, ref, rng, [3])
+
+
+def test_get_many_is_get_of_each_id_in_order(open_store, ref, rng) -> None:
+    """One lookup of many ids (chunked queries) answers what get() answers for each: order kept, repeats,
+    the -1 padding, unknown and out-of-range ids."""
+    store = open_store()
+    ids = store.add(make_items(rng, ref, 1200, "image", "random"))
+    wanted = [ids[5], -1, ids[5], 10**9, ids[0], 2**70, *reversed(ids), 0, ids[-1]]
+    assert store.get_many(wanted) == [store.get(i) if 0 <= i < 2**63 else None for i in wanted]
+    assert store.get_many([]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,49 @@ def test_image_and_points_requests_mixed(client, shape_points):
         results = list(pool.map(call, range(6)))
     assert all(r.status_code == 200 for r in results)
     assert len({str(r.json()["results"]) for r in results}) == 2
+
+
+def test_idle_engine_encodes_in_the_callers_thread(encoder):
+    """An announced request that finds the engine idle is encoded at once, in its caller's thread; with
+    another request announced (or one queued) it is not, and goes through the queue."""
+    engine = InferenceEngine(encoder, max_batch=8, max_wait_ms=5000)
+    engine.start(warm_up=False)
+    try:
+        cloud = _clouds(encoder, 1)[0]
+        with engine.arriving("points"):
+            got = engine.encode_if_idle("points", cloud)
+        assert got is not None and all(np.array_equal(got[b], c) for b, c in _single(encoder, cloud).items())
+        assert engine.batches == 1 and engine.pending == 0
+        with engine.arriving("image"), engine.arriving("points"):
+            assert engine.encode_if_idle("points", cloud) is None
+        with pytest.raises(ValueError, match="kind"):
+            engine.encode_if_idle("text", cloud)
+    finally:
+        engine.stop()
+    assert engine.encode_if_idle("points", cloud) is None  # stopped: submit() says so
+
+
+def test_announced_requests_wait_only_for_announced_company(encoder):
+    """A batch of announced requests leaves as soon as no other is being prepared (not after max_wait), and
+    waits for one that is."""
+    sizes: list[int] = []
+    engine = InferenceEngine(encoder, max_batch=8, max_wait_ms=5000, on_batch=lambda kind, n: sizes.append(n))
+    engine.start(warm_up=False)
+    try:
+        a, b = _clouds(encoder, 2)
+        t0 = time.monotonic()
+        with engine.arriving("points"):
+            pass
+        engine.submit("points", a, announced=True).result(timeout=4)  # alone: no 5 s wait
+        assert sizes == [1]
+        with engine.arriving("points"):  # b is being prepared while a waits for company
+            with engine.arriving("points"):
+                pass
+            fa = engine.submit("points", a, announced=True)
+            time.sleep(0.2)
+            assert not fa.done()
+            fb = engine.submit("points", b, announced=True)
+        fa.result(timeout=4), fb.result(timeout=4)
+        assert sizes == [1, 2] and time.monotonic() - t0 < 4
+    finally:
+        engine.stop()

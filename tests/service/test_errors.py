@@ -106,7 +106,9 @@ def test_queue_full_is_503_with_retry_after(client, monkeypatch):
     def full(*_a, **_k):
         raise QueueFull("256 requests are already waiting")
 
-    monkeypatch.setattr(client.app.state.cmah.engine, "submit", full)
+    engine = client.app.state.cmah.engine
+    monkeypatch.setattr(engine, "encode_if_idle", lambda *_a, **_k: None)  # busy: the request goes to the queue
+    monkeypatch.setattr(engine, "submit", full)
     r = client.post(IMG, files={"file": ("q.png", png_bytes())})
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"] == "overloaded"
 
