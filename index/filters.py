@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.exact import PAD_DISTANCE, PAD_ID, empty_result
+from index.codes import as_codes, check_bits
+from index.exact import PAD_DISTANCE, PAD_ID, check_k, empty_result
+from index.records import check_modality
 
 #: most values one filter may list per field (labels, sources)
 MAX_FILTER_VALUES = 256
@@ -91,6 +93,20 @@ def check_distinct(distinct: str | None) -> str | None:
     if distinct is not None and distinct not in DISTINCT_CHOICES:
         raise ValueError(f"distinct must be one of {DISTINCT_CHOICES} or None, got {distinct!r}")
     return distinct
+
+
+def check_search(modality: str, query_codes: np.ndarray, bits: int, k: int, labels: Iterable[str] | None = None,
+                 sources: Iterable[str] | None = None, max_distance: int | None = None,
+                 distinct: str | None = None) -> tuple[int, int, np.ndarray, SearchFilter]:
+    """The checked arguments of a search (a store's or a search replica's): ``(bits, k, packed query codes
+    [Q, bits // 8], filter)``; ``ValueError`` naming the first bad one."""
+    check_modality(modality)
+    bits = check_bits(bits)
+    k = check_k(k)
+    q = as_codes(query_codes, bits, name="query_codes")
+    flt = make_filter(labels, sources, max_distance)
+    check_distinct(distinct)
+    return bits, k, q, flt
 
 
 # ---------------------------------------------------------------------------------------- attributes

@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from index.codes import BITS_CHOICES, as_codes, check_bits, codes_to_hex, hex_to_codes
+from index.codes import BITS_CHOICES, check_bits, codes_to_hex, hex_to_codes
 from index.errors import IndexStoreError, StoreClosedError
-from index.exact import check_k
-from index.filters import ItemSubset, SearchFilter, check_distinct, cut_distance, distinct_search, make_filter
+from index.filters import ItemSubset, SearchFilter, check_search, cut_distance, distinct_search
 from index.milvus_store import MilvusBackend, collection_name
 from index.records import MODALITIES, ItemRecord, check_modality
 
@@ -409,12 +408,7 @@ class ReplicaStore:
                max_distance: int | None = None, distinct: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-nearest items, as :meth:`index.store.HashStore.search` (same validation, filters, order and
         padding); the label and source filters run inside Milvus."""
-        check_modality(modality)
-        bits = check_bits(bits)
-        k = check_k(k)
-        q = as_codes(query_codes, bits, name="query_codes")
-        flt = make_filter(labels, sources, max_distance)
-        check_distinct(distinct)
+        bits, k, q, flt = check_search(modality, query_codes, bits, k, labels, sources, max_distance, distinct)
         subset = ItemSubset(flt, _no_ids) if flt.restricts_items else None
 
         def run(rows: np.ndarray | slice, m: int) -> tuple[np.ndarray, np.ndarray]:

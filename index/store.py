@@ -33,17 +33,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from index.codes import BITS_CHOICES, as_codes, check_bits
+from index.codes import BITS_CHOICES, check_bits
 from index.errors import StoreClosedError, StoreCorruptError
-from index.exact import check_k
 from index.filters import (
     AttributeIndex,
     ItemSubset,
     SearchFilter,
-    check_distinct,
+    check_search,
     cut_distance,
     distinct_search,
-    make_filter,
 )
 from index.flat import DEFAULT_TIE_MARGIN
 from index.locking import RWLock
@@ -483,12 +481,7 @@ class HashStore:
         Raises:
             ValueError: unknown modality, unsupported bits, ``k < 1``, malformed codes or a bad filter.
         """
-        check_modality(modality)
-        bits = check_bits(bits)
-        k = check_k(k)
-        q = as_codes(query_codes, bits, name="query_codes")
-        flt = make_filter(labels, sources, max_distance)
-        check_distinct(distinct)
+        bits, k, q, flt = check_search(modality, query_codes, bits, k, labels, sources, max_distance, distinct)
         with self._rw.read():
             meta = self._require_open()
             subset = ItemSubset(flt, self._allowed_ids) if flt.restricts_items else None
